@@ -1,0 +1,52 @@
+"""graphc: a symbolic computational-graph compiler for deep learning.
+
+Declare a static graph, differentiate it symbolically, optimize it, and emit a standalone NumPy or CuPy file.
+"""
+from graphc.autodiff import grad
+from graphc.dsl import Tensor, const, init_params, input, param
+from graphc.errors import GraphError
+from graphc.ir import Graph
+from graphc.ops import OPS
+from graphc.ops.elementwise import (
+    abs_ as abs,
+)
+from graphc.ops.elementwise import (
+    binary_cross_entropy_with_logits,
+    equal,
+    exp,
+    greater,
+    greater_equal,
+    leaky_relu,
+    less,
+    less_equal,
+    log,
+    maximum,
+    minimum,
+    relu,
+    sigmoid,
+    softplus,
+    sqrt,
+    square,
+    tanh,
+    where,
+)
+from graphc.ops.elementwise import (
+    log1p_ as log1p,
+)
+from graphc.ops.linalg import matmul
+from graphc.ops.nn import log_softmax, softmax, softmax_cross_entropy
+from graphc.ops.reduce import logsumexp, mean
+from graphc.ops.reduce import reduce_max as max
+from graphc.ops.reduce import reduce_sum as sum
+from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
+from graphc.shapes import dim
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph", "GraphError", "OPS", "Tensor", "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
+    "const", "dim", "equal", "exp", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu",
+    "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
+    "minimum", "one_hot", "param", "relu", "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "softplus",
+    "sqrt", "square", "sum", "tanh", "transpose", "where",
+]

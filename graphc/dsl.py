@@ -1,0 +1,144 @@
+"""The user's handle on a graph: ``Tensor`` with operator overloads, and the graph's sources.
+
+Operators for each op family are attached by that family's module in ``graphc.ops`` (one place per op).
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from graphc import shapes
+from graphc.errors import GraphError
+from graphc.ir import Graph, active_graph
+
+INITS = ("zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform")
+
+
+class Tensor:
+    """A node of a graph, as the DSL sees it. Immutable; operations build new nodes."""
+
+    __slots__ = ("graph", "id")
+    __array_priority__ = 1000  # NumPy scalars defer to Tensor's reflected operators
+
+    def __init__(self, graph: Graph, nid: int):
+        self.graph = graph
+        self.id = nid
+
+    @property
+    def node(self):
+        return self.graph.nodes[self.id]
+
+    @property
+    def shape(self) -> tuple:
+        return self.node.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.node.shape)
+
+    @property
+    def dtype(self) -> str:
+        return self.node.dtype
+
+    @property
+    def name(self) -> str | None:
+        return self.node.name
+
+    def named(self, name: str) -> Tensor:
+        """Give this tensor a readable name (used in generated code and diagrams)."""
+        if not name.isidentifier():
+            raise GraphError(f"tensor name {name!r} must be a Python identifier")
+        self.graph.rename(self.id, name)
+        return self
+
+    def __bool__(self):
+        raise GraphError(f"tensor {self.node.label} has no truth value while the graph is built; "
+                         "use gc.where(cond, a, b) for a choice made per element")
+
+    def __iter__(self):
+        raise GraphError(f"tensor {self.node.label} cannot be iterated; slice it with t[i]")
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.node.label}, {self.dtype}, op={self.node.op})"
+
+
+def apply(op: str, inputs, graph: Graph | None = None, name: str | None = None, **attrs) -> Tensor:
+    """Add ``op(inputs; attrs)`` to the inputs' graph, shape-checked by the op's rule."""
+    from graphc.ops import OPS
+    graph = graph or same_graph(op, inputs)
+    nodes = [graph.nodes[t.id] for t in inputs]
+    shape, dtype = OPS[op].infer(nodes, attrs)
+    return Tensor(graph, graph.add(op, [t.id for t in inputs], attrs, shape, dtype, name))
+
+
+def same_graph(op: str, tensors) -> Graph:
+    graphs = {id(t.graph): t.graph for t in tensors if isinstance(t, Tensor)}
+    if len(graphs) > 1:
+        names = ", ".join(f"{t.node.label} of graph {t.graph.name!r}" for t in tensors)
+        raise GraphError(f"{op}: tensors from different graphs cannot be combined: {names}")
+    if not graphs:
+        raise GraphError(f"{op}: needs at least one tensor operand")
+    return next(iter(graphs.values()))
+
+
+def _declare(kind: str, name: str, shape, dtype: str, **attrs) -> Tensor:
+    g = active_graph(f"gc.{kind}")
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        raise GraphError(f"{kind} name {name!r} must be a Python identifier not starting with '_'")
+    if name in g.inputs or name in g.params:
+        raise GraphError(f"{kind} {name!r} is declared twice in graph {g.name!r}")
+    if dtype not in ("float32", "float64", "int64", "bool"):
+        raise GraphError(f"{kind} {name!r}: unsupported dtype {dtype!r} (float32, float64, int64 or bool)")
+    dims = shapes.as_shape(shape, f"{kind} {name!r} shape")
+    t = Tensor(g, g.add(kind, (), {"name": name, **attrs}, dims, dtype, name))
+    (g.inputs if kind == "input" else g.params)[name] = t.id
+    return t
+
+
+def input(name: str, shape, dtype: str = "float32") -> Tensor:  # noqa: A001 - the DSL's word
+    """A fed input, e.g. ``gc.input("x", (m, 784))``; dims may be symbolic."""
+    return _declare("input", name, shape, dtype)
+
+
+def param(name: str, shape, dtype: str = "float32", init="zeros") -> Tensor:
+    """A trainable parameter with a concrete shape and an initializer.
+
+    ``init`` is a name (``zeros ones normal uniform glorot_uniform glorot_normal he_normal he_uniform``)
+    or a tuple with arguments: ``("normal", std)``, ``("uniform", low, high)``.
+    """
+    spec = init if isinstance(init, tuple) else (init,)
+    if not spec or spec[0] not in INITS or not all(isinstance(a, (int, float)) for a in spec[1:]):
+        raise GraphError(f"param {name!r}: unknown init {init!r}; use one of {', '.join(INITS)}, "
+                         "or ('normal', std) / ('uniform', low, high)")
+    dims = shapes.as_shape(shape, f"param {name!r} shape")
+    if any(not d.is_number for d in dims):
+        raise GraphError(f"param {name!r}: shape {shapes.fmt(dims)} must be concrete (no symbolic dims)")
+    return _declare("param", name, dims, dtype, init=tuple(float(a) if i else a for i, a in enumerate(spec)))
+
+
+def const(value, dtype: str | None = None, name: str | None = None) -> Tensor:
+    """A constant array baked into the graph (and into generated code)."""
+    g = active_graph("gc.const")
+    arr = np.asarray(value)
+    dtype = dtype or ("float32" if arr.dtype.kind == "f" else "int64" if arr.dtype.kind in "iu" else
+                      "bool" if arr.dtype.kind == "b" else None)
+    if dtype is None:
+        raise GraphError(f"gc.const: cannot hold an array of dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    attrs = {"value": (arr.tobytes(), arr.shape, dtype)}
+    return Tensor(g, g.add("const", (), attrs, shapes.as_shape(arr.shape), dtype, name))
+
+
+def fill(graph: Graph, value, shape, dtype: str) -> Tensor:
+    """An array of one (possibly symbolic, e.g. ``1/m``) value: seeds, zeros of unused gradients."""
+    return Tensor(graph, graph.add("fill", (), {"value": sympy.sympify(value)}, tuple(shape), dtype))
+
+
+def init_params(graph: Graph, seed: int = 0) -> dict:
+    """Fresh parameter arrays, name -> ndarray, from each param's declared init (deterministic)."""
+    from graphc.initializers import init_array
+    out = {}
+    for index, (name, nid) in enumerate(graph.params.items()):
+        node = graph.nodes[nid]
+        out[name] = init_array(node.attr("init"), tuple(int(d) for d in node.shape), node.dtype, seed, index)
+    return out

@@ -1,0 +1,55 @@
+"""The reference evaluator: a plain NumPy interpretation of a graph, unoptimized — the oracle."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc import shapes
+from graphc.errors import GraphError
+from graphc.ops import OPS
+
+
+def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
+    """Validate ``feeds`` against the declared inputs/params; returns (dim bindings, id -> array)."""
+    if not isinstance(feeds, dict):
+        raise GraphError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
+    declared = {**graph.inputs, **graph.params}
+    extra = sorted(set(feeds) - set(declared))
+    if extra:
+        raise GraphError(f"feeds {extra} are not inputs or params of graph {graph.name!r} "
+                         f"(it declares {sorted(declared)})")
+    missing = [name for name, nid in declared.items() if nid in needed and name not in feeds]
+    if missing:
+        raise GraphError(f"graph {graph.name!r} needs feeds for {missing}: " + ", ".join(
+            f"{graph.nodes[declared[n]].op} {n!r} {shapes.fmt(graph.nodes[declared[n]].shape)}" for n in missing))
+    env, values = {}, {}
+    for name, nid in declared.items():
+        if name not in feeds:
+            continue
+        node = graph.nodes[nid]
+        arr = np.asarray(feeds[name])
+        kind = np.dtype(node.dtype).kind
+        if arr.dtype != np.dtype(node.dtype) and not (kind in "iu" and arr.dtype.kind in "iu"):
+            raise GraphError(f"{node.op} {name!r} expects {node.dtype}, got {arr.dtype}")
+        if not shapes.bind(node.shape, arr.shape, env):
+            bound = ", ".join(f"{k}={v}" for k, v in env.items())
+            raise GraphError(f"{node.op} {name!r} expects shape {shapes.fmt(node.shape)}, got {arr.shape}"
+                             + (f" (with {bound})" if bound else ""))
+        values[nid] = arr.astype(node.dtype, copy=False)
+    return env, values
+
+
+def evaluate(graph, feeds: dict, outputs=None) -> dict:
+    names = list(graph.outputs) if outputs is None else list(outputs)
+    if not names:
+        raise GraphError(f"graph {graph.name!r} has no outputs: declare them with g.output(name=tensor)")
+    unknown = [n for n in names if n not in graph.outputs]
+    if unknown:
+        raise GraphError(f"graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
+    needed = graph.needed(graph.outputs[n] for n in names)
+    env, values = check_feeds(graph, feeds, needed)
+    for nid in graph.order(needed):
+        if nid in values:
+            continue
+        node = graph.nodes[nid]
+        values[nid] = OPS[node.op].impl(node, env, *(values[i] for i in node.inputs))
+    return {n: values[graph.outputs[n]] for n in names}

@@ -1,0 +1,247 @@
+"""The IR: immutable ``Node`` records held in a ``Graph`` that mirrors them in a networkx MultiDiGraph.
+
+Invariant: a node's inputs always have smaller ids, so ascending id order is a topological order
+(deterministic, and cheap for 1000-layer graphs). Nodes are hash-consed on ``(op, inputs, attrs)``:
+an identical subexpression is one node, so CSE is mostly free.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+
+import networkx as nx
+
+from graphc import shapes
+from graphc.errors import GraphError
+
+PHASES = ("forward", "backward", "update")
+_ACTIVE: list[Graph] = []
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    op: str
+    inputs: tuple[int, ...]
+    attrs: tuple  # sorted (key, value) pairs, hashable
+    shape: tuple
+    dtype: str
+    phase: str = "forward"
+    name: str | None = None
+
+    def attr(self, key, default=None):
+        return dict(self.attrs).get(key, default)
+
+    @property
+    def label(self) -> str:
+        """A short description for messages: ``'h' (m, 128)``."""
+        who = repr(self.name) if self.name else f"{self.op}#{self.id}"
+        return f"{who} {shapes.fmt(self.shape)}"
+
+
+@dataclass
+class GradRequest:
+    """One ``gc.grad`` call: re-derived by the ``differentiate`` pass after forward rewrites."""
+    loss: int
+    wrt: tuple[int, ...]
+    seed: int | None
+    results: tuple[int, ...]
+    nodes: frozenset = field(default_factory=frozenset)  # the backward nodes it built
+
+
+def freeze_attrs(attrs: dict) -> tuple:
+    return tuple(sorted(attrs.items()))
+
+
+class Graph:
+    """A static computation graph; also the ``with gc.Graph("name") as g:`` context of the DSL."""
+
+    def __init__(self, name: str = "graph"):
+        if not name.isidentifier():
+            raise GraphError(f"graph name {name!r} must be a Python identifier")
+        self.name = name
+        self.nx = nx.MultiDiGraph()
+        self.nodes: dict[int, Node] = {}
+        self.inputs: dict[str, int] = {}
+        self.params: dict[str, int] = {}
+        self.outputs: dict[str, int] = {}
+        self.grads: list[GradRequest] = []
+        self.phase = "forward"
+        self._by_key: dict[tuple, int] = {}
+        self._next_id = 0
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Graph:
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
+
+    @contextlib.contextmanager
+    def in_phase(self, phase: str):
+        before, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = before
+
+    # -- building --------------------------------------------------------------------------
+    def add(self, op: str, inputs, attrs: dict, shape, dtype: str, name: str | None = None) -> int:
+        """The id of the node ``op(inputs; attrs)``: an existing identical node, or a new one."""
+        inputs = tuple(inputs)
+        frozen = freeze_attrs(attrs)
+        key = (op, inputs, frozen)
+        if key in self._by_key:
+            nid = self._by_key[key]
+            if name and not self.nodes[nid].name:
+                self.rename(nid, name)
+            return nid
+        nid = self._next_id
+        self._next_id += 1
+        node = Node(nid, op, inputs, frozen, tuple(shape), dtype, self.phase, name)
+        self.nodes[nid] = node
+        self._by_key[key] = nid
+        self.nx.add_node(nid)
+        for pos, src in enumerate(inputs):
+            self.nx.add_edge(src, nid, key=pos)
+        return nid
+
+    def remove(self, ids) -> None:
+        """Drop nodes nothing refers to (the caller guarantees it), e.g. unused VJP branches."""
+        for nid in ids:
+            node = self.nodes.pop(nid)
+            del self._by_key[(node.op, node.inputs, node.attrs)]
+            self.nx.remove_node(nid)
+
+    def rename(self, nid: int, name: str) -> None:
+        self.nodes[nid] = replace(self.nodes[nid], name=name)
+
+    def output(self, **named) -> None:
+        """Declare the graph's named outputs: ``g.output(loss=loss, dW1=dW1)``."""
+        from graphc.dsl import Tensor  # the DSL handle; imported here to keep ir free of it
+        for name, t in named.items():
+            if not isinstance(t, Tensor) or t.graph is not self:
+                raise GraphError(f"output {name!r} is not a tensor of graph {self.name!r}")
+            if name in self.inputs or name in self.params:
+                raise GraphError(f"output {name!r} has the name of an input or param of graph {self.name!r}")
+            self.outputs[name] = t.id
+            if self.nodes[t.id].op not in ("input", "param"):
+                self.rename(t.id, name)
+
+    # -- queries ---------------------------------------------------------------------------
+    def order(self, ids=None) -> list[int]:
+        """Topological order (ascending ids) of ``ids``, or of every node."""
+        return sorted(self.nodes if ids is None else ids)
+
+    def needed(self, roots) -> set[int]:
+        """``roots`` and all their ancestors."""
+        seen, stack = set(), list(roots)
+        while stack:
+            nid = stack.pop()
+            if nid not in seen:
+                seen.add(nid)
+                stack.extend(self.nodes[nid].inputs)
+        return seen
+
+    def consumers(self, nid: int) -> list[int]:
+        return sorted(set(self.nx.successors(nid)))
+
+    def display_name(self, nid: int) -> str:
+        node = self.nodes[nid]
+        return node.name or f"{node.op}{nid}"
+
+    def dims(self) -> list:
+        """Symbolic dims of the inputs, in order of first appearance."""
+        seen = []
+        for nid in self.inputs.values():
+            for d in self.nodes[nid].shape:
+                for s in sorted(d.free_symbols, key=str):
+                    if s not in seen:
+                        seen.append(s)
+        return seen
+
+    def validate(self) -> None:
+        """Check the structural invariants; raises GraphError naming what is broken."""
+        for nid, node in self.nodes.items():
+            for src in node.inputs:
+                if src not in self.nodes or src >= nid:
+                    raise GraphError(f"node {node.label} ({node.op}) has a bad input id {src}")
+            if node.phase not in PHASES:
+                raise GraphError(f"node {node.label} has unknown phase {node.phase!r}")
+        for what, table in (("input", self.inputs), ("param", self.params), ("output", self.outputs)):
+            for name, nid in table.items():
+                if nid not in self.nodes:
+                    raise GraphError(f"{what} {name!r} points at a missing node")
+        if self.nx.number_of_nodes() != len(self.nodes):
+            raise GraphError("the networkx mirror is out of step with the nodes")
+
+    def evaluate(self, feeds: dict, outputs=None) -> dict:
+        """Reference NumPy interpretation of the graph: the oracle for every backend."""
+        from graphc.evaluate import evaluate
+        return evaluate(self, feeds, outputs)
+
+    def to_dot(self, stage: str = "forward", **kw) -> str:
+        from graphc.viz import to_dot
+        return to_dot(self, stage=stage, **kw)
+
+    def to_mermaid(self, stage: str = "forward", **kw) -> str:
+        from graphc.viz import to_mermaid
+        return to_mermaid(self, stage=stage, **kw)
+
+    def __repr__(self) -> str:
+        return f"<graphc.Graph {self.name!r}: {len(self.nodes)} nodes, outputs {list(self.outputs)}>"
+
+
+def active_graph(what: str) -> Graph:
+    if not _ACTIVE:
+        raise GraphError(f"{what} must be called inside `with gc.Graph(name) as g:`")
+    return _ACTIVE[-1]
+
+
+class Rebuild:
+    """Copy a graph node by node into a fresh one (ascending id order), letting a pass rewrite nodes.
+
+    ``rule(rb, node) -> new id | None``; None copies the node. ``rb.arg(old_id)`` maps an input,
+    ``rb.add(...)`` adds to the new graph. Hash-consing in the new graph merges duplicates (CSE).
+    """
+
+    def __init__(self, old: Graph):
+        self.old = old
+        self.new = Graph(old.name)
+        self.map: dict[int, int] = {}
+
+    def arg(self, old_id: int) -> int:
+        return self.map[old_id]
+
+    def copy(self, node: Node) -> int:
+        with self.new.in_phase(node.phase):
+            return self.new.add(node.op, [self.map[i] for i in node.inputs], dict(node.attrs),
+                                node.shape, node.dtype, node.name)
+
+    def run(self, rule=None, keep=None) -> Graph:
+        old = self.old
+        ids = old.order(keep) if keep is not None else old.order()
+        for nid in ids:
+            node = old.nodes[nid]
+            new_id = rule(self, node) if rule else None
+            self.map[nid] = self.copy(node) if new_id is None else new_id
+            if node.name and not self.new.nodes[self.map[nid]].name:
+                self.new.rename(self.map[nid], node.name)
+        return self.finish()
+
+    def finish(self) -> Graph:
+        old, new, m = self.old, self.new, self.map
+        new.inputs = {k: m[v] for k, v in old.inputs.items() if v in m}
+        new.params = {k: m[v] for k, v in old.params.items() if v in m}
+        new.outputs = {k: m[v] for k, v in old.outputs.items()}
+        for name, nid in new.outputs.items():
+            if new.nodes[nid].op not in ("input", "param"):
+                new.rename(nid, name)
+        new.grads = [GradRequest(m[r.loss], tuple(m[w] for w in r.wrt),
+                                 None if r.seed is None else m[r.seed],
+                                 tuple(m[x] for x in r.results),
+                                 frozenset(m[x] for x in r.nodes if x in m))
+                     for r in old.grads
+                     if all(x in m for x in (r.loss, *r.wrt, *r.results)) and (r.seed is None or r.seed in m)]
+        return new

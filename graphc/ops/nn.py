@@ -1,0 +1,115 @@
+"""Neural-network ops: softmax, log_softmax and softmax cross-entropy, with stable forms and fused VJPs."""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from graphc import shapes
+from graphc.dsl import Tensor, apply
+from graphc.errors import GraphError
+from graphc.ops import check_axes, defop, fail, is_float
+from graphc.ops.elementwise import arg, ew
+from graphc.ops.reduce import reduce_sum
+
+
+def _stable_log_softmax(z, axis):
+    peak = np.max(z, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0)
+    shifted = z - peak
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def _softmax_infer(op):
+    def infer(nodes, attrs):
+        (x,) = nodes
+        if not is_float(x.dtype):
+            raise fail(op, f"needs a float tensor, not {x.dtype}", x)
+        return x.shape, x.dtype
+    return infer
+
+
+def _softmax_vjp(s, g, x, axis):
+    # s·(g − Σ g·s): the Jacobian-vector product, without the Jacobian
+    dot = reduce_sum(ew(arg(0) * arg(1), [g, s]), axis, keepdims=True)
+    return [ew(arg(0) * (arg(1) - arg(2)), [s, g, dot])]
+
+
+def _log_softmax_vjp(out, g, x, axis):
+    total = reduce_sum(g, axis, keepdims=True)
+    return [ew(arg(0) - sympy.exp(arg(1)) * arg(2), [g, out, total])]
+
+
+defop("softmax", "nn", infer=_softmax_infer("softmax"), vjp=_softmax_vjp,
+      impl=lambda node, env, x: np.exp(_stable_log_softmax(x, node.attr("axis"))))
+defop("log_softmax", "nn", infer=_softmax_infer("log_softmax"), vjp=_log_softmax_vjp,
+      impl=lambda node, env, x: _stable_log_softmax(x, node.attr("axis")))
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    (axis,) = check_axes("softmax", axis, x.node)
+    return apply("softmax", [x], axis=axis)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    (axis,) = check_axes("log_softmax", axis, x.node)
+    return apply("log_softmax", [x], axis=axis)
+
+
+# -- softmax cross-entropy: per-example losses, stable forward, fused gradient (softmax(z) − t)·g -------
+def _xent_infer(nodes, attrs):
+    z, t = nodes
+    axis = attrs["axis"]
+    if not is_float(z.dtype):
+        raise fail("softmax_cross_entropy", f"logits must be float, not {z.dtype}", z, t)
+    rest = tuple(d for i, d in enumerate(z.shape) if i != axis)
+    if t.dtype == "int64":
+        if tuple(t.shape) != rest:
+            raise fail("softmax_cross_entropy", f"integer labels must have shape {shapes.fmt(rest)} "
+                       f"(the logits' shape without axis {axis}), not {shapes.fmt(t.shape)}", z, t)
+    elif is_float(t.dtype):
+        if tuple(t.shape) != tuple(z.shape):
+            raise fail("softmax_cross_entropy", f"label distributions must have the logits' shape "
+                       f"{shapes.fmt(z.shape)}, not {shapes.fmt(t.shape)}", z, t)
+    else:
+        raise fail("softmax_cross_entropy", f"labels must be int64 class ids or floats, not {t.dtype}", z, t)
+    return rest, z.dtype
+
+
+def _xent_impl(node, env, z, t):
+    axis = node.attr("axis")
+    logp = _stable_log_softmax(z, axis)
+    if t.dtype.kind in "iu":
+        return -np.squeeze(np.take_along_axis(logp, np.expand_dims(t, axis), axis), axis)
+    return -np.sum(t * logp, axis=axis)
+
+
+def _xent_vjp(out, g, z, t, axis):
+    from graphc.ops.shape import one_hot, reshape
+    g_b = reshape(g, tuple(1 if i == axis else d for i, d in enumerate(z.shape)))
+    s = softmax(z, axis)
+    if t.dtype == "int64":
+        target = one_hot(t, z.shape[axis], z.dtype)
+        if axis != z.ndim - 1:
+            from graphc.ops.shape import transpose
+            perm = list(range(z.ndim - 1))
+            perm.insert(axis, z.ndim - 1)
+            target = transpose(target, perm)
+        return [ew((arg(0) - arg(1)) * arg(2), [s, target, g_b]), None]
+    # for any weights t: d/dz = softmax(z)·Σt − t (Σt = 1 for a distribution)
+    total = reduce_sum(t, axis, keepdims=True)
+    dz = ew((arg(0) * arg(3) - arg(1)) * arg(2), [s, t, g_b, total])
+    return [dz, ew(-arg(0) * arg(1), [log_softmax(z, axis), g_b])]
+
+
+defop("softmax_cross_entropy", "nn", infer=_xent_infer, impl=_xent_impl, vjp=_xent_vjp)
+
+
+def softmax_cross_entropy(logits: Tensor, labels: Tensor, axis: int = -1) -> Tensor:
+    """Per-example losses ``-Σ t·log softmax(z)``; labels are int class ids or distributions.
+
+    Reduce them with ``gc.mean`` for a scalar loss: its gradient w.r.t. the logits is ``(softmax(z) − t)/m``.
+    """
+    if not isinstance(labels, Tensor):
+        raise GraphError("softmax_cross_entropy: labels must be a tensor (gc.input(..., dtype='int64'))")
+    (axis,) = check_axes("softmax_cross_entropy", axis, logits.node)
+    return apply("softmax_cross_entropy", [logits, labels], axis=axis)

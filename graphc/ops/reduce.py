@@ -1,0 +1,88 @@
+"""Reductions: ``sum``, ``max``, ``logsumexp`` (primitives) and ``mean`` (``sum · 1/N``)."""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from graphc import shapes
+from graphc.dsl import Tensor, apply
+from graphc.ops import check_axes, defop, fail, is_float, reduced_shape
+from graphc.ops.elementwise import Where, arg, ew
+
+
+def _reduce_infer(op):
+    def infer(nodes, attrs):
+        (x,) = nodes
+        if op != "sum" and not is_float(x.dtype):
+            raise fail(op, f"needs a float tensor, not {x.dtype}", x)
+        return reduced_shape(x.shape, attrs["axes"], attrs["keepdims"]), (
+            x.dtype if is_float(x.dtype) else "int64")
+    return infer
+
+
+def keep_dims(g: Tensor, axes, keepdims: bool, like_shape) -> Tensor:
+    """``g`` with the reduced ``axes`` back as size-1 dims, so it broadcasts against the input."""
+    from graphc.ops.shape import reshape
+    return g if keepdims else reshape(g, reduced_shape(like_shape, axes, True))
+
+
+def _sum_vjp(out, g, x, axes, keepdims):
+    from graphc.ops.shape import broadcast_to
+    return [broadcast_to(keep_dims(g, axes, keepdims, x.shape), x.shape)]
+
+
+def _max_vjp(out, g, x, axes, keepdims):
+    # the gradient goes to the maxima, split evenly between ties
+    o = keep_dims(out, axes, keepdims, x.shape)
+    mask = ew(Where(sympy.Eq(arg(0), arg(1)), 1, 0), [x, o])
+    count = reduce_sum(mask, axes, keepdims=True)
+    g_k = keep_dims(g, axes, keepdims, x.shape)
+    return [ew(Where(sympy.Eq(arg(0), arg(1)), arg(2) / arg(3), 0), [x, o, g_k, count])]
+
+
+def _logsumexp_vjp(out, g, x, axes, keepdims):
+    o = keep_dims(out, axes, keepdims, x.shape)
+    return [ew(sympy.exp(arg(0) - arg(1)) * arg(2), [x, o, keep_dims(g, axes, keepdims, x.shape)])]
+
+
+def _logsumexp_impl(node, env, x):
+    axes, keepdims = node.attr("axes"), node.attr("keepdims")
+    peak = np.max(x, axis=axes, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0)
+    out = np.log(np.sum(np.exp(x - peak), axis=axes, keepdims=True)) + peak
+    return out if keepdims else np.squeeze(out, axis=axes)
+
+
+defop("sum", "reduce", infer=_reduce_infer("sum"), vjp=_sum_vjp,
+      impl=lambda node, env, x: np.sum(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
+defop("max", "reduce", infer=_reduce_infer("max"), vjp=_max_vjp,
+      impl=lambda node, env, x: np.max(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
+defop("logsumexp", "reduce", infer=_reduce_infer("logsumexp"), vjp=_logsumexp_vjp, impl=_logsumexp_impl)
+
+
+def _reduce(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
+    axes = check_axes(op, axis, x.node)
+    if not axes and op == "sum":
+        return x
+    return apply(op, [x], axes=axes, keepdims=bool(keepdims))
+
+
+def reduce_sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Sum over ``axis`` (None: all axes; an int; a tuple)."""
+    return _reduce("sum", x, axis, keepdims)
+
+
+def reduce_max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    return _reduce("max", x, axis, keepdims)
+
+
+def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` over ``axis``, computed stably."""
+    return _reduce("logsumexp", x, axis, keepdims)
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """``sum(x, axis) · (1/N)`` with ``N`` the product of the reduced (symbolic) dims, e.g. ``1/m``."""
+    axes = check_axes("mean", axis, x.node)
+    count = shapes.numel([x.shape[a] for a in axes])
+    return ew(arg(0) / count, [reduce_sum(x, axes, keepdims)], "mean")

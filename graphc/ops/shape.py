@@ -1,0 +1,260 @@
+"""Shape ops: reshape, transpose, broadcast_to, concat, slicing and its gradient, one_hot, const and fill."""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from graphc import shapes
+from graphc.dsl import Tensor, apply
+from graphc.errors import GraphError
+from graphc.ops import check_axes, defop, fail, is_float
+
+
+# -- sources ------------------------------------------------------------------------------------------
+def _source_infer(nodes, attrs):  # sources are added directly with their shape; never inferred
+    raise RuntimeError("source nodes are declared, not inferred")
+
+
+def _const_impl(node, env):
+    data, shape, dtype = node.attr("value")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def _fill_impl(node, env):
+    return np.full(shapes.evaluate(node.shape, env), float(node.attr("value").subs(env)), dtype=node.dtype)
+
+
+def _fed(node, env):
+    raise GraphError(f"{node.op} {node.name!r} must be fed")
+
+
+defop("input", "source", infer=_source_infer, impl=_fed)
+defop("param", "source", infer=_source_infer, impl=_fed)
+defop("const", "source", infer=_source_infer, impl=_const_impl)
+defop("fill", "source", infer=_source_infer, impl=_fill_impl)
+
+
+# -- reshape ------------------------------------------------------------------------------------------
+def _reshape_infer(nodes, attrs):
+    (x,) = nodes
+    shape = attrs["shape"]
+    if sympy.simplify(shapes.numel(shape) - shapes.numel(x.shape)) != 0:
+        raise fail("reshape", f"cannot reshape {shapes.fmt(x.shape)} to {shapes.fmt(shape)}: "
+                   f"{shapes.numel(x.shape)} elements vs {shapes.numel(shape)}", x)
+    return shape, x.dtype
+
+
+defop("reshape", "shape", infer=_reshape_infer,
+      impl=lambda node, env, x: np.reshape(x, shapes.evaluate(node.shape, env)),
+      vjp=lambda out, g, x, shape: [reshape(g, x.shape)])
+
+
+def reshape(x: Tensor, shape) -> Tensor:
+    """Reshape; dims may be symbolic (``(m, 28*28)``) and one may be -1."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if sum(1 for d in shape if isinstance(d, int) and d == -1) > 1:
+        raise fail("reshape", f"at most one -1 in {shape}", x.node)
+    if any(isinstance(d, int) and d == -1 for d in shape):
+        known = shapes.numel([d for d in shape if not (isinstance(d, int) and d == -1)])
+        rest = sympy.simplify(shapes.numel(x.shape) / known)
+        if rest.is_integer is not True:
+            raise fail("reshape", f"cannot infer -1 in {shape} from {shapes.fmt(x.shape)}", x.node)
+        shape = tuple(rest if isinstance(d, int) and d == -1 else d for d in shape)
+    shape = shapes.as_shape(shape, "reshape target")
+    if shapes.same(shape, x.shape) and len(shape) == x.ndim:
+        return x
+    return apply("reshape", [x], shape=shape)
+
+
+# -- transpose ----------------------------------------------------------------------------------------
+def _transpose_infer(nodes, attrs):
+    (x,) = nodes
+    perm = attrs["perm"]
+    if sorted(perm) != list(range(len(x.shape))):
+        raise fail("transpose", f"axes {perm} are not a permutation of {len(x.shape)} axes", x)
+    return tuple(x.shape[p] for p in perm), x.dtype
+
+
+defop("transpose", "shape", infer=_transpose_infer,
+      impl=lambda node, env, x: np.transpose(x, node.attr("perm")),
+      vjp=lambda out, g, x, perm: [transpose(g, tuple(int(i) for i in np.argsort(perm)))])
+
+
+def transpose(x: Tensor, axes=None) -> Tensor:
+    perm = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    if perm == tuple(range(x.ndim)):
+        return x
+    return apply("transpose", [x], perm=perm)
+
+
+def swap_last(x: Tensor) -> Tensor:
+    """Transpose of the last two axes (the matrix transpose of a batch)."""
+    perm = list(range(x.ndim))
+    perm[-2:] = perm[-1], perm[-2]
+    return transpose(x, perm)
+
+
+Tensor.T = property(lambda self: transpose(self))
+
+
+# -- broadcast_to -------------------------------------------------------------------------------------
+def _broadcast_infer(nodes, attrs):
+    (x,) = nodes
+    shape = attrs["shape"]
+    if shapes.broadcast(x.shape, shape) != shape:
+        raise fail("broadcast_to", f"cannot broadcast {shapes.fmt(x.shape)} to {shapes.fmt(shape)}", x)
+    return shape, x.dtype
+
+
+defop("broadcast_to", "shape", infer=_broadcast_infer,
+      impl=lambda node, env, x: np.broadcast_to(x, shapes.evaluate(node.shape, env)).copy(),
+      vjp=lambda out, g, x, shape: [g])  # the autodiff driver sums the broadcast axes away
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = shapes.as_shape(shape, "broadcast_to target")
+    if tuple(x.shape) == shape:
+        return x
+    return apply("broadcast_to", [x], shape=shape)
+
+
+# -- concat -------------------------------------------------------------------------------------------
+def _concat_infer(nodes, attrs):
+    axis = attrs["axis"]
+    first = nodes[0]
+    for n in nodes[1:]:
+        if n.dtype != first.dtype:
+            raise fail("concat", f"dtypes differ: {first.dtype} vs {n.dtype}", first, n)
+        if len(n.shape) != len(first.shape) or any(
+                a != b for i, (a, b) in enumerate(zip(n.shape, first.shape)) if i != axis):
+            raise fail("concat", f"shapes differ off axis {axis}", first, n)
+    total = sum((n.shape[axis] for n in nodes), sympy.Integer(0))
+    return tuple(total if i == axis else d for i, d in enumerate(first.shape)), first.dtype
+
+
+def _concat_vjp(out, g, *xs, axis):
+    grads, start = [], sympy.Integer(0)
+    for x in xs:
+        stop = start + x.shape[axis]
+        index = tuple((start, stop, 1) if i == axis else (0, d, 1) for i, d in enumerate(out.shape))
+        grads.append(apply("slice", [g], index=index))
+        start = stop
+    return grads
+
+
+defop("concat", "shape", infer=_concat_infer, vjp=_concat_vjp,
+      impl=lambda node, env, *xs: np.concatenate(xs, axis=node.attr("axis")))
+
+
+def concat(tensors, axis: int = 0) -> Tensor:
+    tensors = list(tensors)
+    if not tensors:
+        raise GraphError("concat: needs at least one tensor")
+    (axis,) = check_axes("concat", axis, tensors[0].node)
+    return tensors[0] if len(tensors) == 1 else apply("concat", tensors, axis=axis)
+
+
+# -- slicing ------------------------------------------------------------------------------------------
+def _length(start, stop, step):
+    return sympy.floor((stop - start + step - 1) / step) if step != 1 else stop - start
+
+
+def _slice_infer(nodes, attrs):
+    (x,) = nodes
+    out = []
+    for (start, stop, step), d in zip(attrs["index"], x.shape):
+        n = sympy.simplify(_length(start, stop, step))
+        if n.is_negative or (n.is_number and n < 0) or (sympy.simplify(d - stop).is_negative):
+            raise fail("slice", f"slice {start}:{stop}:{step} is out of bounds for a dim of size {d}", x)
+        out.append(n)
+    return tuple(out), x.dtype
+
+
+def _np_index(index, env):
+    return tuple(slice(int(sympy.sympify(a).subs(env)), int(sympy.sympify(b).subs(env)), int(c))
+                 for a, b, c in index)
+
+
+def _unslice_impl(node, env, g):
+    out = np.zeros(shapes.evaluate(node.shape, env), dtype=node.dtype)
+    out[_np_index(node.attr("index"), env)] = g
+    return out
+
+
+defop("slice", "shape", infer=_slice_infer,
+      impl=lambda node, env, x: x[_np_index(node.attr("index"), env)].copy(),
+      vjp=lambda out, g, x, index: [apply("unslice", [g], index=index, shape=x.shape)])
+defop("unslice", "shape", infer=lambda nodes, attrs: (attrs["shape"], nodes[0].dtype), impl=_unslice_impl,
+      vjp=lambda out, g, x, index, shape: [apply("slice", [g], index=index)])
+
+
+def _bound(value, d, default):
+    if value is None:
+        return sympy.sympify(default)
+    if isinstance(value, sympy.Expr):
+        return value
+    value = int(value)
+    if value < 0:
+        value = d + value
+    elif d.is_number:
+        value = min(value, int(d))
+    return sympy.sympify(value)
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    """Basic indexing on any axis: ints, slices with positive steps, ``...``."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > x.ndim:
+        raise fail("slice", f"too many indices ({len(key)}) for a {x.ndim}-d tensor", x.node)
+    key = key + (slice(None),) * (x.ndim - len(key))
+    index, drop = [], []
+    for axis, (k, d) in enumerate(zip(key, x.shape)):
+        if isinstance(k, (int, np.integer)):
+            k = int(k)
+            if d.is_number and not -int(d) <= k < int(d):
+                raise fail("slice", f"index {k} is out of bounds for axis {axis} of size {d}", x.node)
+            start = _bound(k, d, 0)
+            index.append((start, start + 1, 1))
+            drop.append(axis)
+        elif isinstance(k, slice):
+            step = 1 if k.step is None else int(k.step)
+            if step <= 0:
+                raise fail("slice", f"step {step} on axis {axis}: only positive steps are supported", x.node)
+            index.append((_bound(k.start, d, 0), _bound(k.stop, d, d), step))
+        else:
+            raise fail("slice", f"unsupported index {k!r} on axis {axis}", x.node)
+    out = x
+    if any((a != 0 or b != d or c != 1) for (a, b, c), d in zip(index, x.shape)):
+        out = apply("slice", [x], index=tuple(index))
+    if drop:
+        out = reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
+    return out
+
+
+Tensor.__getitem__ = getitem
+
+
+# -- one_hot ------------------------------------------------------------------------------------------
+def _one_hot_infer(nodes, attrs):
+    (t,) = nodes
+    if t.dtype != "int64":
+        raise fail("one_hot", f"labels must be int64 class ids, not {t.dtype}", t)
+    return (*t.shape, attrs["k"]), attrs["dtype"]
+
+
+def _one_hot_impl(node, env, t):
+    k = int(node.attr("k").subs(env))
+    return (t[..., None] == np.arange(k)).astype(node.attr("dtype"))
+
+
+defop("one_hot", "shape", infer=_one_hot_infer, impl=_one_hot_impl)
+
+
+def one_hot(labels: Tensor, k: int, dtype: str = "float32") -> Tensor:
+    """``(…, k)`` array with a 1 at each label's class."""
+    if not is_float(dtype):
+        raise GraphError(f"one_hot: dtype must be float32 or float64, not {dtype}")
+    return apply("one_hot", [labels], k=sympy.sympify(k), dtype=dtype)

@@ -1,0 +1,137 @@
+"""Every mistake a user can make while building or feeding a graph: a GraphError that names what is wrong."""
+import numpy as np
+import pytest
+
+import graphc as gc
+
+m = gc.dim("m")
+
+
+def raises(match):
+    return pytest.raises(gc.GraphError, match=match)
+
+
+def test_matmul_inner_dim_mismatch_names_tensors_and_shapes():
+    with gc.Graph("bad"):
+        x = gc.input("x", (m, 784))
+        W1 = gc.param("W1", (785, 128))
+        with raises(r"matmul: inner dims differ: 784 .*'x' \(m, 784\).* 785 .*'W1' \(785, 128\)"):
+            x @ W1
+
+
+def test_broadcast_failure_names_op_and_shapes():
+    with gc.Graph("bad"):
+        x = gc.input("x", (m, 3))
+        b = gc.param("b", (4,))
+        with raises(r"add: cannot broadcast 'x' \(m, 3\) and 'b' \(4,\)"):
+            x + b
+
+
+@pytest.mark.parametrize("call", [lambda x: gc.sum(x, axis=2), lambda x: gc.softmax(x, axis=-3),
+                                  lambda x: gc.mean(x, axis=(0, 0))])
+def test_bad_axis(call):
+    with gc.Graph("bad"):
+        x = gc.input("x", (m, 3))
+        with raises(r"axis .* out of range for a 2-d tensor.*'x' \(m, 3\)"):
+            call(x)
+
+
+def test_reshape_element_count():
+    with gc.Graph("bad"):
+        x = gc.input("x", (m, 6))
+        with raises(r"reshape: cannot reshape \(m, 6\) to \(m, 4\)"):
+            gc.reshape(x, (m, 4))
+
+
+def test_softmax_cross_entropy_label_shape():
+    with gc.Graph("bad"):
+        z = gc.input("z", (m, 10))
+        t = gc.input("t", (m, 1), dtype="int64")
+        with raises(r"softmax_cross_entropy: integer labels must have shape \(m,\).*'z' \(m, 10\), 't' \(m, 1\)"):
+            gc.softmax_cross_entropy(z, t)
+
+
+def test_grad_of_non_scalar_explains_both_remedies():
+    with gc.Graph("bad"):
+        y = gc.input("y", (m, 3))
+        t = gc.input("t", (m, 3))
+        sq = ((y - t) ** 2).named("sq_err")
+        with pytest.raises(gc.GraphError) as info:
+            gc.grad(sq, [y])
+    msg = str(info.value)
+    assert "'sq_err'" in msg and "(m, 3)" in msg and "scalar" in msg
+    assert "gc.mean" in msg and "gc.sum" in msg and "seed=" in msg
+
+
+def test_duplicate_names():
+    with gc.Graph("bad"):
+        gc.input("x", (m, 3))
+        with raises("declared twice"):
+            gc.param("x", (3,))
+
+
+def test_tensor_from_another_graph():
+    with gc.Graph("a"):
+        x = gc.input("x", (m, 3))
+    with gc.Graph("b"):
+        w = gc.param("w", (3,))
+        with raises(r"different graphs.*'x' \(m, 3\) of graph 'a'.*'w' \(3,\) of graph 'b'"):
+            x * w
+        with raises(r"grad: 'x' \(m, 3\) belongs to graph 'a'"):
+            gc.grad(gc.sum(w), [x])
+
+
+def test_declarations_outside_a_graph():
+    with raises(r"gc.input must be called inside `with gc.Graph"):
+        gc.input("x", (3,))
+
+
+def test_param_needs_concrete_shape_and_known_init():
+    with gc.Graph("bad"):
+        with raises(r"param 'W': shape \(m, 3\) must be concrete"):
+            gc.param("W", (m, 3))
+        with raises(r"param 'V': unknown init 'kaiming'"):
+            gc.param("V", (3,), init="kaiming")
+
+
+def test_truth_value_of_a_tensor():
+    with gc.Graph("bad"):
+        x = gc.input("x", (m,))
+        with raises("no truth value"):
+            if x > 0:
+                pass
+
+
+def _graph():
+    with gc.Graph("net") as g:
+        x = gc.input("x", (m, 3))
+        t = gc.input("t", (m,), dtype="int64")
+        W = gc.param("W", (3, 2))
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ W, t)))
+    return g
+
+
+def test_feed_errors_name_the_input_and_expected_shape():
+    g = _graph()
+    W = np.zeros((3, 2), np.float32)
+    x, t = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    with raises(r"needs feeds for \['t'\]: input 't' \(m,\)"):
+        g.evaluate({"x": x, "W": W})
+    with raises(r"feeds \['y'\] are not inputs or params"):
+        g.evaluate({"x": x, "t": t, "W": W, "y": x})
+    with raises(r"input 't' expects shape \(m,\), got \(5,\) \(with m=4\)"):
+        g.evaluate({"x": x, "t": np.zeros(5, np.int64), "W": W})
+    with raises(r"input 'x' expects float32, got float64"):
+        g.evaluate({"x": x.astype(np.float64), "t": t, "W": W})
+    with raises(r"param 'W' expects shape \(3, 2\), got \(2, 3\)"):
+        g.evaluate({"x": x, "t": t, "W": W.T})
+
+
+def test_symbolic_dims_bind_through_expressions():
+    with gc.Graph("img") as g:
+        x = gc.input("x", (m, 28 * 28))
+        flat = gc.input("flat", (m * 28,))
+        g.output(y=gc.sum(x) + gc.sum(flat))
+    g.evaluate({"x": np.ones((2, 784), np.float32), "flat": np.ones(56, np.float32)})
+    with raises(r"input 'flat' expects shape \(28\*m,\), got \(57,\)"):
+        g.evaluate({"x": np.ones((2, 784), np.float32), "flat": np.ones(57, np.float32)})
