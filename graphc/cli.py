@@ -1,0 +1,73 @@
+"""``graphc build | show | check | explain MODEL.py``: the command line."""
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+from graphc.errors import GraphError
+from graphc.ir import Graph
+
+
+class ModelError(Exception):
+    """MODEL.py could not be loaded; the message names the file and line."""
+
+
+def load_graphs(path: str, only: str | None = None) -> list[Graph]:
+    """Run MODEL.py and collect the ``gc.Graph`` objects it defines at module level."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"{path}: no such file")
+    try:
+        namespace = runpy.run_path(str(file), run_name="__graphc_model__")
+    except GraphError as exc:
+        raise ModelError(f"{_where(exc, file)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any error in the user's file is reported, not re-raised
+        raise ModelError(f"{_where(exc, file)}: {type(exc).__name__}: {exc}") from None
+    graphs = [v for v in namespace.values() if isinstance(v, Graph)]
+    if only is not None:
+        graphs = [g for g in graphs if g.name == only]
+    if not graphs:
+        raise ModelError(f"{path}: defines no gc.Graph" + (f" named {only!r}" if only else "")
+                         + " at module level")
+    return graphs
+
+
+def _where(exc: BaseException, file: Path) -> str:
+    """``file:line`` of the deepest frame of the traceback that is in the user's file."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"{file}:{exc.lineno}"
+    return f"{file}:{frames[-1].lineno}" if frames else str(file)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="graphc", description="Symbolic computational-graph compiler.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (adder, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=adder.__doc__)
+        p.add_argument("model", help="a Python file defining gc.Graph objects at module level")
+        p.add_argument("--graph", help="only the graph of this name")
+        adder(p)
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except (ModelError, GraphError) as exc:
+        print(f"graphc {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+COMMANDS: dict = {}
+
+
+def command(name: str, adder):
+    def register(fn):
+        COMMANDS[name] = (adder, fn)
+        return fn
+    return register
+
+
+if __name__ == "__main__":
+    sys.exit(main())
