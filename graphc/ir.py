@@ -66,6 +66,7 @@ class Graph:
         self.params: dict[str, int] = {}
         self.outputs: dict[str, int] = {}
         self.grads: list[GradRequest] = []
+        self.updates: dict[str, int] = {}  # param name -> node computing its new value (training step)
         self.phase = "forward"
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
@@ -133,6 +134,10 @@ class Graph:
     def order(self, ids=None) -> list[int]:
         """Topological order (ascending ids) of ``ids``, or of every node."""
         return sorted(self.nodes if ids is None else ids)
+
+    def roots(self) -> list[int]:
+        """What the graph exists to compute: its outputs and parameter updates."""
+        return [*self.outputs.values(), *self.updates.values()]
 
     def needed(self, roots) -> set[int]:
         """``roots`` and all their ancestors."""
@@ -214,6 +219,15 @@ class Rebuild:
     def arg(self, old_id: int) -> int:
         return self.map[old_id]
 
+    def node(self, new_id: int) -> Node:
+        return self.new.nodes[new_id]
+
+    def add(self, like: Node, op: str, inputs, attrs: dict, shape=None, dtype=None) -> int:
+        """Add a node to the new graph in the phase of ``like`` (the node being rewritten)."""
+        with self.new.in_phase(like.phase):
+            return self.new.add(op, inputs, attrs, like.shape if shape is None else shape,
+                                like.dtype if dtype is None else dtype)
+
     def copy(self, node: Node) -> int:
         with self.new.in_phase(node.phase):
             return self.new.add(node.op, [self.map[i] for i in node.inputs], dict(node.attrs),
@@ -235,6 +249,7 @@ class Rebuild:
         new.inputs = {k: m[v] for k, v in old.inputs.items() if v in m}
         new.params = {k: m[v] for k, v in old.params.items() if v in m}
         new.outputs = {k: m[v] for k, v in old.outputs.items()}
+        new.updates = {k: m[v] for k, v in old.updates.items()}
         for name, nid in new.outputs.items():
             if new.nodes[nid].op not in ("input", "param"):
                 new.rename(nid, name)
