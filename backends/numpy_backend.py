@@ -279,7 +279,7 @@ class FunctionEmitter:
     def _scratch_needs(self, node):
         if node.op in VIEWS or node.op in SOURCES:
             return []
-        st = Statement(self, node, "_out", None)
+        st = Statement(self, node, self.updates.get(node.id, "_out"), None)
         self._run(st)
         return st.requests
 

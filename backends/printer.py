@@ -106,7 +106,7 @@ class UfuncChain:
     def operand(self, expr) -> str:
         if expr in self.names:
             return self.names[expr]
-        if isinstance(expr, Where) and expr.args[1] == 1 and expr.args[2] == 0:
+        if _is_mask(expr):
             return self.operand(expr.args[0])  # a boolean mask multiplies as 0/1: no float copy
         if is_scalar(expr):
             return self.printer.doprint(expr)
@@ -162,7 +162,7 @@ class UfuncChain:
         """Operand texts; the first non-trivial one (unless ``out`` is protected) is computed into ``out``."""
         ops, used_out = [], self.protected
         for a in args:
-            if a in self.names or is_scalar(a) or used_out:
+            if a in self.names or is_scalar(a) or used_out or _is_mask(a):
                 ops.append(self.operand(a))
             else:
                 self.into(a, out)
@@ -254,3 +254,8 @@ def _inverted(term):
     if term.is_Pow and term.exp == -1:
         return term.base
     return None
+
+
+def _is_mask(expr) -> bool:
+    """``Where(c, 1, 0)``: the boolean array ``c`` itself serves as a 0/1 factor."""
+    return isinstance(expr, Where) and expr.args[1] == 1 and expr.args[2] == 0
