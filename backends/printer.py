@@ -270,12 +270,16 @@ class CudaPrinter(C99CodePrinter):
     softplus through log1p of a non-positive exponent, relu through fmax; ``Where`` is a C conditional.
     """
 
-    def __init__(self, names=None):
+    def __init__(self, names=None, ctype: str = "double"):
         super().__init__({"allow_unknown_functions": False})
-        self.names = names or {}
+        self.names, self.ctype = names or {}, ctype
 
     def _print_Symbol(self, expr):
         return self.names.get(expr, expr.name)
+
+    def _typed(self, expr) -> str:
+        """``expr`` cast to the kernel's type: fmax(float, double) would resolve to a host-only overload."""
+        return f"({self.ctype})({self._print(expr)})"
 
     def _print_Pow(self, expr):
         base, power = expr.args
@@ -299,13 +303,13 @@ class CudaPrinter(C99CodePrinter):
         return f"({x} > 0 ? {x} + log1p(exp(-{x})) : log1p(exp({x})))"
 
     def _print_Relu(self, expr):
-        return f"fmax({self._print(expr.args[0])}, 0.0)"
+        return f"fmax({self._typed(expr.args[0])}, ({self.ctype})0)"
 
     def _print_Maximum(self, expr):
-        return f"fmax({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+        return f"fmax({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
 
     def _print_Minimum(self, expr):
-        return f"fmin({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+        return f"fmin({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
 
     def _print_Where(self, expr):
         cond, a, b = (self._print(x) for x in expr.args)
@@ -314,7 +318,7 @@ class CudaPrinter(C99CodePrinter):
     def statements(self, expr, out: str, ctype: str) -> list[str]:
         """C statements assigning ``expr`` to ``out``; shared subexpressions become typed locals."""
         replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("t"), optimizations=None)
-        lines = []
+        lines, self.ctype = [], ctype
         for sym, sub in replacements:
             local = f"_{sym.name}"
             self.names[sym] = local
