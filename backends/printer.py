@@ -15,7 +15,7 @@ from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
 from graphc.errors import GraphError
-from graphc.ops.elementwise import Maximum, Minimum, Relu, Sigmoid, Softplus, Where, arg_index
+from graphc.ops.elementwise import Maximum, Minimum, Positive, Relu, Sigmoid, Softplus, Where, arg_index
 
 
 class NumPyScalarPrinter(NumPyPrinter):
@@ -54,6 +54,9 @@ class NumPyScalarPrinter(NumPyPrinter):
 
     def _print_Relu(self, expr):
         return f"np.maximum({self._print(expr.args[0])}, 0)"
+
+    def _print_Positive(self, expr):
+        return f"np.sign({self._print(expr.args[0])})"
 
     def _print_Maximum(self, expr):
         return f"np.maximum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -173,6 +176,8 @@ class UfuncChain:
             return self._call(UNARY[expr.func], expr.args, out)
         if isinstance(expr, Relu):
             return self._call("maximum", (expr.args[0], sympy.S.Zero), out)
+        if isinstance(expr, Positive):  # its argument is ≥ 0, so sign() is the 0/1 step, in floats
+            return self._call("sign", expr.args, out)
         if isinstance(expr, Maximum):
             return self._call("maximum", expr.args, out)
         if isinstance(expr, Minimum):
@@ -347,6 +352,9 @@ class CudaPrinter(C99CodePrinter):
 
     def _print_Relu(self, expr):
         return f"fmax({self._typed(expr.args[0])}, ({self.ctype})0)"
+
+    def _print_Positive(self, expr):
+        return f"({self._print(expr.args[0])} > 0 ? ({self.ctype})1 : ({self.ctype})0)"
 
     def _print_Maximum(self, expr):
         return f"fmax({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
