@@ -44,7 +44,8 @@ print(f"wrote {path}")
 
 # 3. Run it on a small batch.
 rng = np.random.default_rng(0)
-batch = {"x": rng.normal(size=(4, 3)).astype(np.float32), "t": rng.normal(size=(4, 2)).astype(np.float32)}  # float32 is the default dtype
+# float32 is graphc's default dtype, and the generated file checks dtypes and shapes.
+batch = {"x": rng.normal(size=(4, 3)).astype(np.float32), "t": rng.normal(size=(4, 2)).astype(np.float32)}
 params = model.init_params(seed=0)
 out = model.run({**batch, **params})
 

@@ -53,8 +53,8 @@ model = load(prog.emit(BUILD / "mlp_digits_numpy.py"))
 
 params = model.init_params(seed=0)
 rng = np.random.default_rng(0)
-bar = tqdm(range(EPOCHS), desc="training", disable=not sys.stderr.isatty())
-for epoch in bar:
+bar = tqdm(range(EPOCHS), desc="training", unit="epoch", disable=not sys.stderr.isatty())
+for _ in bar:
     order = rng.permutation(len(X_train))
     total, count = 0.0, 0
     # Full minibatches only: a tiny leftover batch would get a whole step's weight and make plain SGD jumpy.
