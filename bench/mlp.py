@@ -323,18 +323,21 @@ def allocations(impl, steps=5):
 
 
 def peak_rss(key, batch):
-    """Peak RSS (MiB) of a fresh process that builds ``key`` and runs 20 steps at ``batch``."""
+    """Peak RSS (MiB) of a fresh process that builds ``key`` and runs 20 steps at ``batch``, and its growth over
+    the process's peak before the implementation was built (imports, data, initial weights)."""
     cmd = [sys.executable, __file__, "--threads", str(ARGS.threads), "--rss", key, str(batch)]
-    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
+    before, after = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-2:]
+    return float(after), float(after) - float(before)
 
 
 def rss_child(key, batch):
     x, t = make_data(batch)
     params = gc.compile(mlp_graph(), loss="loss", optimizer=gc.SGD(lr=LR)).init_params(0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     impl = PEERS[key](params, x, t)
     for _ in range(20):
         impl.step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 # ----------------------------------------------------------------------------------------------------- compile time
@@ -386,8 +389,8 @@ def main():
     if ARGS.rss:
         return rss_child(ARGS.rss[0], int(ARGS.rss[1]))
     RESULTS.mkdir(exist_ok=True)
-    rounds, burst = (8, 5) if ARGS.quick else (25, 8)
-    depths = [2, 4, 8, 16, 32] if ARGS.quick else [2, 4, 8, 16, 32, 64, 128, 256]
+    rounds, burst = (8, 5) if ARGS.quick else (20, 6)
+    depths = [2, 4, 8, 16, 32, 64] if ARGS.quick else [2, 4, 8, 16, 32, 64, 128, 256]
     impls_avail, notes = available()
     import platform
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {ARGS.threads} threads for all; "
@@ -416,7 +419,7 @@ def main():
             print(f"  batch {batch:5d} {impls[key].name:16s} {fmt_ms(statistics.median(times)):>8s} ms  ×{ratio:.2f}",
                   flush=True)
         for key in ("graphc", "textbook", "inplace"):
-            allocs[key, batch] = allocations(impls[key]) + (peak_rss(key, batch),)
+            allocs[key, batch] = allocations(impls[key]) + peak_rss(key, batch)
         profiles[batch] = profile_statements(impls["graphc"].program, params, {"x": x, "t": t}, 10 * burst)
     ctimes = compile_times(depths)
     write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rounds, burst)
@@ -444,10 +447,12 @@ def write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rou
     out += ["", "## Memory", "",
             "Transient: the most bytes live above the steady state during one step (tracemalloc; NumPy reports its "
             "array buffers to it). Kept: bytes still held after the step. Peak RSS: a fresh process that builds the "
-            "implementation and runs 20 steps.", "",
-            "| implementation | batch | transient | kept | peak RSS |", "|---|---:|---:|---:|---:|"]
-    for (key, batch), (peak, kept, rss) in allocs.items():
-        out.append(f"| {names[key]} | {batch} | {peak / 1024:,.1f} KiB | {kept / 1024:,.1f} KiB | {rss:.0f} MiB |")
+            "implementation and runs 20 steps; growth: over that process's peak before the implementation was built "
+            "(imports, data, a compile for the initial weights).", "",
+            "| implementation | batch | transient | kept | peak RSS | growth |", "|---|---:|---:|---:|---:|---:|"]
+    for (key, batch), (peak, kept, rss, grow) in allocs.items():
+        out.append(f"| {names[key]} | {batch} | {peak / 1024:,.1f} KiB | {kept / 1024:,.1f} KiB | {rss:.0f} MiB "
+                   f"| {grow:.1f} MiB |")
 
     out += ["", "## Compile time against depth", "",
             "`gc.compile` of an MLP with `depth` layers of width 64 (graph construction, training graph, optimization "
