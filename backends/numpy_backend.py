@@ -359,7 +359,7 @@ class FunctionEmitter:
             node = self.graph.nodes[nid]
             if node.op in FED:
                 continue
-            comment = f"# {_describe(node)}  {shapes.fmt_x(node.shape)}"
+            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
             name = self.var[nid]
             if node.op == "const":
                 w.line(f"{name} = {self.module.constant(node)}  {comment}")
@@ -384,6 +384,22 @@ class FunctionEmitter:
                 for text in st.lines:
                     w.line(text)
             self._check_numerics(w, node, name)
+
+    def describe(self, node) -> str:
+        """The comment of a node's statement: its op, with an elementwise expression in terms of variables."""
+        if node.op not in ("ew", "sum_ew", "softmax_xent_grad"):
+            return _describe(node)
+        expr = node.attr("expr") if node.op != "softmax_xent_grad" else node.attr("scale")
+        offset = 2 if node.op == "softmax_xent_grad" else 0
+        names = {sympy.Symbol(f"_{i}", real=True): sympy.Symbol(self.var[src])
+                 for i, src in enumerate(node.inputs[offset:])}
+        text = _readable(expr.xreplace(names))
+        if node.op == "softmax_xent_grad":
+            z, t = (self.var[i] for i in node.inputs[:2])
+            return f"softmax_xent_grad: (softmax({z}) - onehot({t}))·{text}"
+        if node.op == "sum_ew":
+            return f"sum_ew: sum({text}, axis={_axes(node)!r})"
+        return f"{_expr_label(expr)}: {text}"
 
     def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
         """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
