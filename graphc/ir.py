@@ -92,7 +92,7 @@ class Graph:
         """The id of the node ``op(inputs; attrs)``: an existing identical node, or a new one."""
         inputs = tuple(inputs)
         frozen = freeze_attrs(attrs)
-        key = (op, inputs, frozen)
+        key = (op, inputs, frozen, tuple(shape), dtype)  # shape and dtype: fills of one value differ by them
         if key in self._by_key:
             nid = self._by_key[key]
             if name and not self.nodes[nid].name:
@@ -112,7 +112,7 @@ class Graph:
         """Drop nodes nothing refers to (the caller guarantees it), e.g. unused VJP branches."""
         for nid in ids:
             node = self.nodes.pop(nid)
-            del self._by_key[(node.op, node.inputs, node.attrs)]
+            del self._by_key[(node.op, node.inputs, node.attrs, node.shape, node.dtype)]
             self.nx.remove_node(nid)
 
     def rename(self, nid: int, name: str) -> None:
