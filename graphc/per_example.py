@@ -25,7 +25,7 @@ from graphc.ops import OPS, is_float, reduced_shape
 from graphc.ops.elementwise import Maximum, _ew_vjp, arg, ew, scalar
 from graphc.ops.linalg import matmul
 from graphc.ops.reduce import reduce_sum
-from graphc.ops.shape import broadcast_to, reshape, swap_last, transpose
+from graphc.ops.shape import broadcast_to, random_normal, reshape, swap_last, transpose
 
 WHO = "per_example_grads"
 
@@ -475,12 +475,12 @@ def clipped_mean_grads(losses: Tensor, wrt, clip: float, noise=None, noise_multi
     norms = per_example_norms(losses, targets, terms=(batch, terms))
     with graph.in_phase("backward"):
         c = scalar(clip)
-        weight = ew(1 / (batch * Maximum(1, arg(0) / c)), [norms], "clip weight")
+        weight = ew(1 / (batch * Maximum(1, arg(0) / c)), [norms], "clip weight", name="clip_weight")
         out = []
         for w, ts, xi in zip(targets, terms, noises):
             mean = _weighted_sum(ts, weight, batch, w.shape) if ts else fill(graph, 0, w.shape, w.dtype)
             if xi is not None:
-                mean = ew(arg(0) + noise_multiplier * c * arg(1) / batch, [mean, xi], "noise")
+                mean = ew(arg(0) + scalar(noise_multiplier) * c * arg(1) / batch, [mean, xi], "noise")
             if w.name and not mean.name:
                 mean.named(f"d{w.name}_clipped")
             out.append(mean)
@@ -501,3 +501,29 @@ def _check_noise(noise, targets, multiplier):
     if not multiplier:
         raise GraphError("clipped_mean_grads: noise given with noise_multiplier 0")
     return noise
+
+
+def losses_of_mean(loss: Tensor) -> Tensor:
+    """The per-example losses ``l`` of a loss written ``gc.mean(l)``; a GraphError otherwise."""
+    graph, node = loss.graph, loss.node
+    if node.op == "ew" and len(node.inputs) == 1:
+        total = graph.nodes[node.inputs[0]]
+        if total.op == "sum" and len(total.inputs) == 1 and total.attr("axes") == (0,):
+            losses = Tensor(graph, total.inputs[0])
+            if losses.ndim == 1 and _same(node.attr("expr"), arg(0) / losses.shape[0]):
+                return losses
+    raise GraphError(f"per-example clipping needs the loss {node.label} to be gc.mean(losses) of a vector of "
+                     "per-example losses (m,), e.g. gc.mean(gc.softmax_cross_entropy(logits, labels))")
+
+
+def dp_sgd_gradients(loss: Tensor, params: list[Tensor], clip: float, noise: float, seed: int) -> list[Tensor]:
+    """DP-SGD's gradients for the loss ``gc.mean(losses)``: clipped per example, averaged, with noise."""
+    losses = losses_of_mean(loss)
+    xi = None
+    if noise:
+        with loss.graph.in_phase("backward"):
+            xi = [random_normal(loss.graph, p.shape, p.dtype, seed, k) for k, p in enumerate(params)]
+        for x, p in zip(xi, params):
+            if p.name:
+                x.named(f"noise_{p.name}")
+    return clipped_mean_grads(losses, params, clip, noise=xi, noise_multiplier=noise)

@@ -311,3 +311,71 @@ def test_clip_must_be_positive():
         losses, params = mlp()
         with pytest.raises(gc.GraphError, match="clip must be a positive number"):
             gc.clipped_mean_grads(losses, params, 0.0)
+
+
+# -- generated code and the training step --------------------------------------------------------------------
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numpy_backend_emits_per_example_grads(name, opt_level):
+    g, feeds, params = build(name)
+    expected = g.evaluate(feeds)
+    got = gc.compile(g, backend="numpy", opt_level=opt_level)(feeds)
+    for p in params:
+        assert rel_error(got[f"pe_{p}"], expected[f"pe_{p}"]) <= 1e-10, p
+
+
+def dp_program(**sgd):
+    with gc.Graph("dp") as g:
+        losses, _ = mlp()
+        g.output(loss=gc.mean(losses))
+    return g, gc.compile(g, loss="loss", optimizer=gc.SGD(**sgd))
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.1])
+def test_sgd_with_per_example_clipping_takes_a_hand_computed_dp_sgd_step(noise):
+    lr, clip, seed = 0.1, 0.5, 3
+    g, program = dp_program(lr=lr, clip_per_example=clip, noise=noise, seed=seed)
+    feeds, _ = mlp_feeds(g)
+    params = {p: feeds[p].copy() for p in g.params}
+    program.train_step(params, {"x": feeds["x"], "t": feeds["t"]})
+    per = numpy_mlp_per_example(feeds)
+    norms = np.sqrt(sum((v.reshape(len(v), -1) ** 2).sum(axis=1) for v in per.values()))
+    factor = np.minimum(1.0, clip / norms)
+    for k, (p, v) in enumerate(per.items()):
+        # the noise stream of param number k: the first draw of default_rng([seed, k])
+        xi = np.random.default_rng([seed, k]).standard_normal(v.shape[1:]) if noise else 0.0
+        step = (np.tensordot(factor, v, axes=1) + noise * clip * xi) / len(v)
+        assert rel_error(params[p], feeds[p] - lr * step) <= 1e-12, p
+
+
+def test_dp_sgd_noise_is_fresh_each_step_and_seeded():
+    g, program = dp_program(lr=0.1, clip_per_example=0.5, noise=1.0, seed=7)
+    _, again = dp_program(lr=0.1, clip_per_example=0.5, noise=1.0, seed=7)
+    feeds, _ = mlp_feeds(g)
+    batch = {"x": feeds["x"], "t": feeds["t"]}
+    runs = []
+    for prog in (program, again):
+        params = {p: feeds[p].copy() for p in g.params}
+        steps = []
+        for _ in range(2):
+            before = params["b2"].copy()
+            prog.train_step(params, batch)
+            steps.append(params["b2"] - before)
+        runs.append(steps)
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    assert program.source == again.source
+    clean = {p: feeds[p].copy() for p in g.params}
+    dp_program(lr=0.1, clip_per_example=0.5)[1].train_step(clean, batch)
+    assert not np.allclose(runs[0][0], clean["b2"] - feeds["b2"])  # noise was added
+
+
+def test_sgd_checks_its_per_example_options():
+    with pytest.raises(gc.GraphError, match="clip_per_example must be positive"):
+        gc.SGD(0.1, clip_per_example=-1.0)
+    with pytest.raises(gc.GraphError, match="needs clip_per_example"):
+        gc.SGD(0.1, noise=1.0)
+    with gc.Graph("summed") as g:
+        losses, _ = mlp()
+        g.output(loss=gc.sum(losses))
+    with pytest.raises(gc.GraphError, match=r"gc.mean\(losses\)"):
+        gc.compile(g, loss="loss", optimizer=gc.SGD(0.1, clip_per_example=1.0))
