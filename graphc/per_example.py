@@ -145,6 +145,12 @@ def _matmul_axis(node, ins, axes):
     return placed.pop()
 
 
+def _copies_axis(node, x, batch):
+    """0 where a shared tensor is broadcast to one copy per example (a class token), else None."""
+    stretched = len(x.shape) < len(node.shape) or x.shape[0] == 1
+    return 0 if node.shape and _same(node.shape[0], batch) and stretched else None
+
+
 AXIS_RULES = {
     "ew": _ew_axis, "sum": _reduce_axis, "max": _reduce_axis, "logsumexp": _reduce_axis,
     "reshape": _reshape_axis, "slice": _slice_axis, "unslice": _unslice_axis, "concat": _concat_axis,
@@ -167,7 +173,7 @@ def batch_axes(graph, loss: int, batch) -> dict[int, int | None]:
         ins = [graph.nodes[i] for i in node.inputs]
         got = [axes[i] for i in node.inputs]
         if all(a is None for a in got):
-            axes[nid] = None
+            axes[nid] = _copies_axis(node, ins[0], batch) if node.op == "broadcast_to" else None
         elif node.op in AXIS_RULES:
             axes[nid] = AXIS_RULES[node.op](node, ins, got)
         else:
@@ -274,7 +280,7 @@ def use_term(graph, nid: int, slot: int, g: Tensor, axes, batch) -> Term:
             return found
         if found is not None:
             return Term(full=keep_batch(*found, shared.shape, batch))
-    if node.op not in ("ew", "matmul"):
+    if node.op not in ("ew", "matmul", "broadcast_to"):
         raise GraphError(f"{WHO}: cannot split the gradient of {shared.node.label} per example through "
                          f"{node.op} {node.label}")
     G = OPS[node.op].vjp(Tensor(graph, nid), g, *ins, **dict(node.attrs))[slot]

@@ -93,7 +93,19 @@ def penalty():
     return gc.softmax_cross_entropy(x @ W, t) + 0.1 * gc.sum(W * W), [W]
 
 
-MODELS = {f.__name__: f for f in (mlp, tanh_mse, logistic, sequence, columns, weight_norm, tied, penalty)}
+def class_token():
+    """A learned token copied to every example (``broadcast_to``) and concatenated to its sequence."""
+    x, t = _inputs((m, 3, 4), labels=True)
+    cls = gc.param("cls", (1, 4), dtype=F64, init=("normal", 0.5))
+    W = gc.param("W", (4, 4), dtype=F64, init="glorot_uniform")
+    V = gc.param("V", (4, 4), dtype=F64, init="glorot_uniform")
+    seq = gc.concat([gc.broadcast_to(cls, (m, 1, 4)), x], axis=1)  # (m, 4, 4)
+    h = gc.tanh(seq @ W)
+    return gc.softmax_cross_entropy(h[:, 0] @ V + gc.mean(h, axis=1), t), [cls, W, V]
+
+
+MODELS = {f.__name__: f for f in (mlp, tanh_mse, logistic, sequence, columns, weight_norm, tied, penalty,
+                                  class_token)}
 
 
 def build(name, batch=BATCH, seed=0):
