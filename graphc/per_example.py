@@ -22,7 +22,7 @@ from graphc.autodiff import grad
 from graphc.dsl import Tensor, fill
 from graphc.errors import GraphError
 from graphc.ops import OPS, is_float, reduced_shape
-from graphc.ops.elementwise import Maximum, _ew_vjp, arg, ew, scalar
+from graphc.ops.elementwise import Maximum, arg, ew, scalar
 from graphc.ops.linalg import matmul
 from graphc.ops.reduce import reduce_sum
 from graphc.ops.shape import broadcast_to, random_normal, reshape, swap_last, transpose
@@ -247,7 +247,7 @@ def keep_batch(G: Tensor, axis: int, shape, batch, aligned: bool = False) -> Ten
     return reshape(G, (batch, *target))
 
 
-def _matmul_term(node, slot, g, a, b, axes):
+def _matmul_term(slot, g, a, b, axes):
     """Outer-product forms for a shared matmul operand whose partner has the examples on its rows/columns."""
     if slot == 1 and a.ndim >= 2 and axes[a.id] == a.ndim - 2:  # x @ W: W's share is x[i] ⊗ dz[i]
         if a.ndim == 2 and b.ndim == 2:
@@ -269,13 +269,13 @@ def _matmul_term(node, slot, g, a, b, axes):
     return None
 
 
-def use_term(graph, nid: int, slot: int, g: Tensor, axes, batch) -> Term:
+def use_term(graph, nid: int, slot: int, g: Tensor, axes, batch) -> Term | None:
     """The per-example gradient of input ``slot`` (shared) of the batched node ``nid``, given ``g = ∂L/∂node``."""
     node = graph.nodes[nid]
     ins = [Tensor(graph, i) for i in node.inputs]
     shared = ins[slot]
     if node.op == "matmul":
-        found = _matmul_term(node, slot, g, *ins, axes)
+        found = _matmul_term(slot, g, *ins, axes)
         if isinstance(found, Term):
             return found
         if found is not None:
@@ -291,8 +291,8 @@ def use_term(graph, nid: int, slot: int, g: Tensor, axes, batch) -> Term:
 
 # -- through shared nodes (e.g. W = v / |v|): every rule takes and gives (m, *shape) gradients ------------
 def _shared_ew(out, P, ins, batch, expr):
-    return [None if G is None else keep_batch(G, 0, x.shape, batch) for G, x in zip(_ew_vjp(out, P, *ins, expr=expr),
-                                                                                    ins)]
+    grads = OPS["ew"].vjp(out, P, *ins, expr=expr)  # broadcasting puts P's batch axis in front
+    return [None if G is None else keep_batch(G, 0, x.shape, batch) for G, x in zip(grads, ins)]
 
 
 def _shared_matmul(out, P, ins, batch):
@@ -311,8 +311,8 @@ def _shared_sum(out, P, ins, batch, axes, keepdims):
 
 
 SHARED_RULES = {
-    "ew": lambda out, P, ins, batch, expr: _shared_ew(out, P, ins, batch, expr),
-    "matmul": lambda out, P, ins, batch: _shared_matmul(out, P, ins, batch),
+    "ew": _shared_ew,
+    "matmul": _shared_matmul,
     "sum": _shared_sum,
     "broadcast_to": lambda out, P, ins, batch, shape: [keep_batch(P, 0, ins[0].shape, batch)],
     "reshape": lambda out, P, ins, batch, shape: [reshape(P, (batch, *ins[0].shape))],
@@ -333,6 +333,18 @@ def _check_wrt(graph, wrt, axes):
                              "w.r.t. tensors shared by all examples (params)")
 
 
+def _shared_uses(graph, relevant, axes) -> list[tuple[int, int, int]]:
+    """(node, slot, input) where a per-example node reads a shared float tensor on the way to the params."""
+    uses = []
+    for nid in graph.order(relevant):
+        node = graph.nodes[nid]
+        if axes[nid] is None or OPS[node.op].vjp is None or not is_float(node.dtype):
+            continue
+        uses.extend((nid, slot, src) for slot, src in enumerate(node.inputs)
+                    if src in relevant and axes[src] is None and is_float(graph.nodes[src].dtype))
+    return uses
+
+
 def per_example_terms(losses: Tensor, wrt: list[Tensor]):
     """(batch dim, [list of Terms per wrt tensor]) — the per-example gradients before they are materialized."""
     graph = losses.graph
@@ -345,10 +357,7 @@ def per_example_terms(losses: Tensor, wrt: list[Tensor]):
     for w in wrt:
         reach |= {w.id} | nx.descendants(graph.nx, w.id)
     relevant = reach & set(axes)
-    uses = [(nid, slot, src) for nid in graph.order(relevant) if axes[nid] is not None
-            and OPS[graph.nodes[nid].op].vjp is not None and is_float(graph.nodes[nid].dtype)
-            for slot, src in enumerate(graph.nodes[nid].inputs)
-            if src in relevant and axes[src] is None and is_float(graph.nodes[src].dtype)]
+    uses = _shared_uses(graph, relevant, axes)
     terms: dict[int, list[Term]] = {}
     if uses:
         users = sorted({nid for nid, _, _ in uses})

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.dsl import fill
 from graphc.gradcheck import rel_error
+from graphc.ops.shape import random_normal
 from graphc.passes import optimize
 
 m = gc.dim("m")
@@ -391,3 +393,20 @@ def test_sgd_checks_its_per_example_options():
         g.output(loss=gc.sum(losses))
     with pytest.raises(gc.GraphError, match=r"gc.mean\(losses\)"):
         gc.compile(g, loss="loss", optimizer=gc.SGD(0.1, clip_per_example=1.0))
+
+
+def test_random_normal_is_the_first_draw_of_its_stream_in_reference_and_generated_code():
+    with gc.Graph("noise") as g:
+        x = gc.input("x", (m, 3), dtype=F64)
+        g.output(y=x + random_normal(g, (m, 3), F64, seed=5, stream=2), z=random_normal(g, (3,), F64, 5, 3))
+    feeds = {"x": np.zeros((4, 3))}
+    expected = np.random.default_rng([5, 2]).standard_normal((4, 3))
+    assert np.array_equal(g.evaluate(feeds)["y"], expected)
+    program = gc.compile(g, backend="numpy")
+    assert np.array_equal(program(feeds)["y"], expected)
+    assert not np.array_equal(program(feeds)["y"], expected)  # the generator moves on
+
+
+def test_fills_of_one_value_and_different_shapes_are_different_nodes():
+    with gc.Graph("fills") as g:
+        assert fill(g, 1, (), F64).id != fill(g, 1, (m,), F64).id != fill(g, 1, (m,), "float32").id
