@@ -270,7 +270,12 @@ SOURCES = ("input", "param", "const")
 
 
 class FunctionEmitter:
-    """Emits one function computing ``roots`` (and applying ``updates`` in place) of a graph."""
+    """Emits one function computing ``roots`` (and applying ``updates`` in place) of a graph.
+
+    A backend subclass swaps the op tables, the array module prefix and ``translate`` (array-module text).
+    """
+
+    EMIT, VIEW_EMIT, BACKEND, XP = EMIT, VIEW_EMIT, BACKEND, "np"
 
     def __init__(self, graph, module, fname: str):
         self.graph, self.module, self.fname = graph, module, fname
@@ -311,11 +316,21 @@ class FunctionEmitter:
     def _run(self, st):
         node = st.node
         if node.id in self.updates:
-            return _update(st)
-        emit = EMIT.get(node.op)
+            _update(st)
+        else:
+            self._emit(st)
+        st.lines = [self.translate(text) for text in st.lines]
+
+    def _emit(self, st):
+        node = st.node
+        emit = self.EMIT.get(node.op)
         if emit is None:
-            raise GraphError(f"{BACKEND} backend: cannot emit op {node.op!r} (node {node.label})")
+            raise GraphError(f"{self.BACKEND} backend: cannot emit op {node.op!r} (node {node.label})")
         emit(st)
+
+    def translate(self, text: str) -> str:
+        """Statement text for this backend's array module (NumPy text as written)."""
+        return text
 
     def shape_text(self, shape) -> str:
         items = [self.printer.doprint(sympy.sympify(d)) for d in shape]
@@ -347,7 +362,7 @@ class FunctionEmitter:
                 continue
             st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
             if node.op in VIEWS:
-                w.line(f"{name} = {VIEW_EMIT[node.op](st)}  {comment}")
+                w.line(f"{name} = {self.translate(self.VIEW_EMIT[node.op](st))}  {comment}")
                 continue
             st.out = self.updates.get(nid) or name
             self._run(st)
@@ -368,7 +383,7 @@ class FunctionEmitter:
         lines = []
         for b in self.plan.buffers:
             users = ", ".join(self.var[u] for u in b.users) or "scratch"
-            lines.append(f"np.empty({self.shape_text(b.shape)}, np.{b.dtype}),  # {users}")
+            lines.append(f"{self.XP}.empty({self.shape_text(b.shape)}, {self.XP}.{b.dtype}),  # {users}")
         return lines
 
 
@@ -404,7 +419,14 @@ def _readable(expr) -> str:
 
 
 class ModuleEmitter:
-    """The whole generated module: docstring, checks, buffers, run / init_params / train_step."""
+    """The whole generated module: docstring, checks, buffers, run / init_params / train_step.
+
+    Backend subclasses override the class attributes and the ``_definitions`` / ``_to_device`` hooks.
+    """
+
+    FUNCTION = FunctionEmitter
+    TITLE, XP, IMPORTS = "NumPy", "np", ("import numpy as np",)
+    ARRAY = "np.ndarray"  # what the checks accept as an array
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
@@ -417,7 +439,7 @@ class ModuleEmitter:
             data, shape, dtype = node.attr("value")
             arr = np.frombuffer(data, dtype=dtype).reshape(shape)
             name = f"_CONST{len(self.constants)}"
-            self.constants[node.id] = (name, f"np.array({arr.tolist()!r}, dtype=np.{dtype})")
+            self.constants[node.id] = (name, self._array_text(f"np.array({arr.tolist()!r}, dtype=np.{dtype})"))
         return self.constants[node.id][0]
 
     def generator(self, node) -> str:
@@ -425,18 +447,32 @@ class ModuleEmitter:
         seed, stream = node.attr("seed"), node.attr("stream")
         key = ("rng", seed, stream)
         if key not in self.constants:
-            self.constants[key] = (f"_RNG{len(self.constants)}", f"np.random.default_rng([{seed}, {stream}])")
+            self.constants[key] = (f"_RNG{len(self.constants)}", f"{self.XP}.random.default_rng([{seed}, {stream}])")
         return self.constants[key][0]
+
+    def _array_text(self, host: str) -> str:
+        """Module-level text for a host (NumPy) array as this backend's array."""
+        return host
+
+    def _definitions(self, w: CodeWriter) -> None:
+        """Module-level definitions the functions use (kernels); none for NumPy."""
+
+    def _to_device(self, w: CodeWriter, *tables: str) -> None:
+        """Statements converting the arrays of the named dicts for the functions; none for NumPy."""
+
+    def _train_return(self, w: CodeWriter, call: str) -> None:
+        w.line(f"return {call}")
 
     def source(self) -> str:
         w = CodeWriter()
         g = self.graph
-        fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
+        fns = [("_compute", self.FUNCTION(g, self, "_compute"))]
         if self.train_graph is not None:
-            fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
-        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} (NumPy backend, opt level {self.opt_level}).')
+            fns.append(("_train", self.FUNCTION(self.train_graph, self, "_train")))
+        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} '
+               f'({self.TITLE} backend, opt level {self.opt_level}).')
         w.line("")
-        w.line("Standalone: needs only NumPy. Call run(feeds) for the outputs"
+        w.line(f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs"
                + (", train_step(params, batch) for one SGD step." if self.train_graph is not None else "."))
         w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
         w.line("")
@@ -447,7 +483,8 @@ class ModuleEmitter:
                 extra = f", init {node.attr('init')[0]}" if node.op == "param" else ""
                 w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}{extra}")
         w.line('"""')
-        w.line("import numpy as np")
+        for text in self.IMPORTS:
+            w.line(text)
         w.line("")
         body = {}
         for fname, fe in fns:
@@ -457,6 +494,7 @@ class ModuleEmitter:
             body[fname] = cw
         for name, text in self.constants.values():
             w.line(f"{name} = {text}")
+        self._definitions(w)
         w.line(f"DIMS = {tuple(d.name for d in self.dims)!r}")
         w.line("INPUTS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
                                         for n, i in g.inputs.items()) + "}")
@@ -496,8 +534,8 @@ class ModuleEmitter:
             with w.block("for name in names:"):
                 w.line("value = feeds[name]")
                 w.line("shape, dtype = _SPEC[name]")
-                with w.block("if type(value) is not np.ndarray or value.dtype != dtype:"):
-                    w.line('got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__')
+                with w.block(f"if not isinstance(value, {self.ARRAY}) or value.dtype != dtype:"):
+                    w.line(f'got = value.dtype if isinstance(value, {self.ARRAY}) else type(value).__name__')
                     w.line('raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")')
                 with w.block("if value.shape != _SHAPES[name](*dims):"):
                     w.line('raise ValueError(f"{name} expects shape {shape} = {_SHAPES[name](*dims)}, "')
@@ -554,7 +592,7 @@ class ModuleEmitter:
                 w.line("    " + text)
             w.line("]")
             w.line("return _Buffers(B, {" + ", ".join(
-                f"{hname!r}: np.arange({fe.printer.doprint(sympy.sympify(n))}, dtype=np.int64)"
+                f"{hname!r}: {self.XP}.arange({fe.printer.doprint(sympy.sympify(n))}, dtype=np.int64)"
                 for hname, n in fe.helpers.values()) + "})")
         w.line("")
         w.line(f"{fname}_cache = {{}}")
@@ -573,7 +611,7 @@ class ModuleEmitter:
         w.line("")
         with w.block("def _shape_of(feeds, name, axis):"):
             w.line("value = feeds[name]")
-            with w.block("if not isinstance(value, np.ndarray) or value.ndim <= axis:"):
+            with w.block(f"if not isinstance(value, {self.ARRAY}) or value.ndim <= axis:"):
                 w.line('raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got "')
                 w.line('                 f"{getattr(value, \'shape\', type(value).__name__)}")')
             w.line("return value.shape[axis]")
@@ -584,18 +622,20 @@ class ModuleEmitter:
         with w.block("def run(feeds):"):
             w.line('"""The graph\'s outputs (fresh arrays) for feeds: every input and param by name."""')
             w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
+            self._to_device(w, "feeds")
             w.line("B = _compute_cache.get(dims)")
             with w.block("if B is None:"):
                 w.line("B = _compute_cache[dims] = _compute_allocate(*dims)")
             args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
             w.line(f"out = _compute(B, *dims, {args})")
-            w.line("return {name: np.array(value, copy=True) for name, value in out.items()}")
+            w.line(f"return {{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}")
         w.line("")
         w.line("")
         with w.block("def init_params(seed=0):"):
             w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
-            w.line("return {name: init_array(spec[2], _SHAPES[name](" + ", ".join("1" for _ in self.dims)
-                   + "), spec[1], seed, index) for index, (name, spec) in enumerate(PARAMS.items())}")
+            ones = ", ".join("1" for _ in self.dims)
+            fresh = self._array_text(f"init_array(spec[2], _SHAPES[name]({ones}), spec[1], seed, index)")
+            w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
         if len(fns) > 1:
             w.line("")
             w.line("")
@@ -603,9 +643,10 @@ class ModuleEmitter:
                 w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
                 w.line(f"dims = _check(batch, {tuple(inputs)!r})")
                 w.line(f"_check(params, {tuple(params)!r}, dims)")
+                self._to_device(w, "batch", "params")
                 w.line("B = _train_cache.get(dims)")
                 with w.block("if B is None:"):
                     w.line("B = _train_cache[dims] = _train_allocate(*dims)")
                 args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params)])
-                w.line(f"return _train(B, *dims, {args})")
+                self._train_return(w, f"_train(B, *dims, {args})")
         del dims
