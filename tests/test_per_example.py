@@ -1,4 +1,6 @@
 """Per-example gradients: against one-example-at-a-time gradients, the batch mean, and hand-computed clipping."""
+import ast
+
 import numpy as np
 import pytest
 
@@ -410,3 +412,57 @@ def test_random_normal_is_the_first_draw_of_its_stream_in_reference_and_generate
 def test_fills_of_one_value_and_different_shapes_are_different_nodes():
     with gc.Graph("fills") as g:
         assert fill(g, 1, (), F64).id != fill(g, 1, (m,), F64).id != fill(g, 1, (m,), "float32").id
+
+
+# -- the CuPy backend: the module's source without a GPU, its numbers with one (pytest -m gpu) -----------------
+def test_cupy_backend_emits_per_example_grads_and_dp_sgd():
+    g, _, _ = build("mlp")
+    source = gc.compile(g, backend="cupy").source
+    ast.parse(source)
+    assert "cp.ElementwiseKernel(" in source
+    with gc.Graph("dp") as g:
+        losses, _ = mlp()
+        g.output(loss=gc.mean(losses))
+    sgd = gc.SGD(0.1, clip_per_example=0.5, noise=1.1, seed=3)
+    source = gc.compile(g, backend="cupy", loss="loss", optimizer=sgd).source
+    ast.parse(source)
+    assert "cp.random.default_rng([3, 0])" in source and ".standard_normal(" in source
+    assert source == gc.compile(g, backend="cupy", loss="loss", optimizer=sgd).source
+
+
+def _cupy():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except cp.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA device")
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gpu_per_example_grads_match_reference(name):
+    cp = _cupy()
+    g, feeds, params = build(name)
+    expected = g.evaluate(feeds)
+    got = gc.compile(g, backend="cupy")(feeds)
+    for p in params:
+        assert rel_error(cp.asnumpy(got[f"pe_{p}"]), expected[f"pe_{p}"]) <= 1e-10, p
+
+
+@pytest.mark.gpu
+def test_gpu_dp_sgd_step_matches_numpy_without_noise_and_draws_noise():
+    cp = _cupy()
+    for noise in (0.0, 1.0):
+        g, cpu = dp_program(lr=0.1, clip_per_example=0.5, noise=noise, seed=3)
+        gpu = gc.compile(g, backend="cupy", loss="loss", optimizer=gc.SGD(0.1, clip_per_example=0.5, noise=noise,
+                                                                           seed=3))
+        feeds, _ = mlp_feeds(g)
+        host = {p: feeds[p].copy() for p in g.params}
+        device = {p: feeds[p].copy() for p in g.params}
+        batch = {"x": feeds["x"], "t": feeds["t"]}
+        cpu.train_step(host, batch)
+        gpu.train_step(device, batch)
+        close = [rel_error(cp.asnumpy(cp.asarray(device[p])), host[p]) <= 1e-10 for p in g.params]
+        assert all(close) if not noise else not all(close)  # the GPU draws from a stream of its own
