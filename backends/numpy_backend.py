@@ -370,14 +370,22 @@ class FunctionEmitter:
                 w.line(f"{comment} (update of {st.out}, in place)")
                 for text in st.lines:
                     w.line(text)
+                self._check_numerics(w, node, st.out)
                 continue
             buf = f"B[{p.buffer_of[nid]}]"
             if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
                 w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
-                continue
-            w.line(f"{name} = {buf}  {comment}")
-            for text in st.lines:
-                w.line(text)
+            else:
+                w.line(f"{name} = {buf}  {comment}")
+                for text in st.lines:
+                    w.line(text)
+            self._check_numerics(w, node, name)
+
+    def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
+        """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
+        if self.module.check_numerics and node.dtype.startswith("float"):
+            who = node.name or self.graph.display_name(node.id)
+            w.line(f"_check_finite({who!r}, {node.op!r}, {value})")
 
     def allocation(self) -> list[str]:
         lines = []
@@ -520,6 +528,13 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
+        if self.check_numerics:
+            with w.block("def _check_finite(name, op, value):"):
+                w.line('"""Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""')
+                with w.block(f"if not {self.XP}.all({self.XP}.isfinite(value)):"):
+                    w.line(f'bad = "NaN" if {self.XP}.any({self.XP}.isnan(value)) else "Inf"')
+                    w.line('raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")')
+            w.line("")
         with w.block("def _check(feeds, names, dims=None):"):
             w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
             with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):

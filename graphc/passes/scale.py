@@ -11,15 +11,17 @@ TYPICAL = 1024  # the size symbolic dims are assumed to take when comparing cost
 
 def cost(node) -> int:
     """Elements a scaling of ``node`` touches, with symbolic dims at a typical size."""
-    return int(sympy.Mul(*node.shape).subs({s: TYPICAL for s in sympy.Mul(*node.shape).free_symbols}))
+    count = sympy.Mul(*node.shape)
+    return int(count.subs({s: TYPICAL for s in count.free_symbols}))
 
 
 def scalar_factor(node):
     """``c`` where ``node`` is the pure scaling ``c·x`` of one input, else None."""
     if node.op != "ew" or len(node.inputs) != 1 or node.dtype == "bool":
         return None
-    c = sympy.simplify(node.attr("expr") / arg(0))
-    return None if c.free_symbols & {arg(0)} or c == 1 else c
+    # structural, not sympy.simplify: simplify (trigsimp, factor) costs ~0.1 s a node on deep graphs
+    c, rest = node.attr("expr").as_independent(arg(0), as_Add=False)
+    return None if rest != arg(0) or c == 1 else c
 
 
 def scale(graph, notes):
@@ -45,7 +47,22 @@ def scale(graph, notes):
             return add_ew(rb, src, c * src.attr("expr"), list(src.inputs))
         return add_ew(rb, src, c * arg(0), [src.id])
 
+    def scaled_operand(node):
+        """(position, c) of an operand that is a private pure scaling c·x costing more than ``node``."""
+        for k, old in enumerate(node.inputs):
+            src = graph.nodes[old]
+            c = scalar_factor(src)
+            if c is not None and old not in roots and len(graph.consumers(old)) == 1 and cost(src) > cost(node):
+                return k, c
+        return None
+
     def rule(rb, node):
+        if node.op in LINEAR and scaled_operand(node):  # linear(c·x) -> c·linear(x) on the smaller result
+            k, c = scaled_operand(node)
+            ins = [rb.arg(i) for i in node.inputs]
+            ins[k] = rb.node(ins[k]).inputs[0]
+            notes.note(f"moved factor {c} past {node.op} {graph.display_name(node.id)} to its smaller result")
+            return add_ew(rb, node, c * arg(0), [rb.add(node, node.op, ins, dict(node.attrs))])
         if node.op == "matmul":
             a, b = (rb.node(rb.arg(i)) for i in node.inputs)
             if min(len(a.shape), len(b.shape)) >= 2 and (a.op == "fill") != (b.op == "fill"):
