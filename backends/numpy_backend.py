@@ -6,6 +6,7 @@ per value of the symbolic dims and cached, so a steady-state call allocates no f
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import sympy
@@ -267,6 +268,12 @@ EMIT = {
 }
 VIEW_EMIT = {"reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "slice": _slice}
 SOURCES = ("input", "param", "const")
+PLACEHOLDER = re.compile(r"\b_scratch(\d+)\b")  # temporaries in a draft, before the buffer plan names them
+
+
+def name_temporaries(lines: list[str], temps: list[str]) -> list[str]:
+    """A node's draft statements with the planned buffers in place of their placeholder temporaries."""
+    return [PLACEHOLDER.sub(lambda hit: temps[int(hit.group(1)) - 1], text) for text in lines]
 
 
 class FunctionEmitter:
@@ -293,6 +300,7 @@ class FunctionEmitter:
                 self.var[nid] = names.fresh(self._wanted(graph.nodes[nid]))
         self.names = names
         keep = set(graph.outputs.values())
+        self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
 
@@ -307,10 +315,12 @@ class FunctionEmitter:
         return node.op not in VIEWS and node.op not in SOURCES and node.id not in self.updates
 
     def _scratch_needs(self, node):
+        """Emit the node once with placeholder temporaries (kept as its draft); report what they need."""
         if node.op in VIEWS or node.op in SOURCES:
             return []
-        st = Statement(self, node, self.updates.get(node.id, "_out"), None)
+        st = Statement(self, node, self.updates.get(node.id) or self.var[node.id], None)
         self._run(st)
+        self.drafts[node.id] = st.lines
         return st.requests
 
     def _run(self, st):
@@ -365,7 +375,7 @@ class FunctionEmitter:
                 w.line(f"{name} = {self.translate(self.VIEW_EMIT[node.op](st))}  {comment}")
                 continue
             st.out = self.updates.get(nid) or name
-            self._run(st)
+            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
             if nid in self.updates:
                 w.line(f"{comment} (update of {st.out}, in place)")
                 for text in st.lines:
