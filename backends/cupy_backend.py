@@ -142,7 +142,24 @@ class ModuleEmitter(base.ModuleEmitter):
     def _array_text(self, host: str) -> str:
         return f"cp.asarray({host})"
 
+    RUNTIME = {"axpy": '''
+def _axpy(a, x, y, scratch):
+    """y += a·x, in place."""
+    cp.multiply(x, a, out=scratch)
+    return cp.add(y, scratch, out=y)
+''', "gemm": '''
+def _gemm(alpha, a, b, beta, out, scratch):
+    """out = alpha·(a @ b) + beta·out, in place (the product through cuBLAS)."""
+    cp.matmul(a, b, out=scratch)
+    if beta != 1:
+        cp.multiply(out, beta, out=out)
+    if alpha != 1:
+        cp.multiply(scratch, alpha, out=scratch)
+    return cp.add(out, scratch, out=out)
+'''}
+
     def _definitions(self, w: CodeWriter) -> None:
+        super()._definitions(w)
         w.line("")
         w.line("# CUDA kernels: compiled by CuPy on first launch and cached")
         for kernel, name in self.kernels.items():
