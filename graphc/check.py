@@ -66,10 +66,8 @@ def gradient_graph(graph: Graph, loss: str, wrt: list[str]) -> Graph:
 
 def differentiable(graph: Graph, inputs: bool = False) -> list[str]:
     """The params (and with ``inputs`` the float inputs) a gradient is checked for."""
-    names = list(graph.params)
-    if inputs:
-        names += [n for n, nid in graph.inputs.items() if graph.nodes[nid].dtype.startswith("float")]
-    return names
+    tables = (graph.params, graph.inputs) if inputs else (graph.params,)
+    return [n for table in tables for n, nid in table.items() if graph.nodes[nid].dtype.startswith("float")]
 
 
 def perturb_constant_params(graph: Graph, feeds: dict, seed: int) -> dict:
@@ -133,6 +131,8 @@ def check_graph(graph: Graph, loss: str = "loss", dims: dict | None = None, tol:
 
     ``dims`` maps dim names to sizes (others are 3); params larger than ``max_entries`` are sampled."""
     from graphc.program import compile as compile_graph
+    if max_entries < 1:
+        raise GraphError(f"--max-entries must be at least 1, not {max_entries}")
     wrt = differentiable(graph, inputs)
     if not wrt:
         raise GraphError(f"graph {graph.name!r} has no params to check (pass --inputs to check its float inputs)")
