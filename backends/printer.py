@@ -102,6 +102,7 @@ class UfuncChain:
     def run(self, expr, target: str) -> list[str]:
         replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("_cse"), optimizations=None)
         scalars = {}  # scalar subexpressions go back inline: a product printed as a scalar must not name them
+        self.protected = False  # common subexpressions go into fresh temporaries, free to overwrite
         for sym, sub in replacements:
             sub = sub.xreplace(scalars)
             if is_scalar(sub):
