@@ -40,6 +40,7 @@ from graphc.ops.reduce import reduce_max as max
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
 from graphc.shapes import dim
+from graphc.viz import render
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,6 @@ __all__ = [
     "Graph", "GraphError", "OPS", "Tensor", "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
     "const", "dim", "equal", "exp", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu",
     "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
-    "minimum", "one_hot", "param", "relu", "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "softplus",
-    "sqrt", "square", "sum", "tanh", "transpose", "where",
+    "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
+    "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
 ]
