@@ -39,13 +39,16 @@ from graphc.ops.reduce import logsumexp, mean
 from graphc.ops.reduce import reduce_max as max
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
+from graphc.program import Program, compile
 from graphc.shapes import dim
+from graphc.train import SGD
 from graphc.viz import render
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Graph", "GraphError", "OPS", "Tensor", "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
+    "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile",
+    "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
     "const", "dim", "equal", "exp", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu",
     "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",

@@ -1,7 +1,7 @@
 """The IR: immutable ``Node`` records held in a ``Graph`` that mirrors them in a networkx MultiDiGraph.
 
 Invariant: a node's inputs always have smaller ids, so ascending id order is a topological order
-(deterministic, and cheap for 1000-layer graphs). Nodes are hash-consed on ``(op, inputs, attrs)``:
+(deterministic, and cheap for 1000-layer graphs). Nodes are hash-consed on ``(op, inputs, attrs, shape, dtype)``:
 an identical subexpression is one node, so CSE is mostly free.
 """
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Graph:
         self.params: dict[str, int] = {}
         self.outputs: dict[str, int] = {}
         self.grads: list[GradRequest] = []
+        self.updates: dict[str, int] = {}  # param name -> node computing its new value (training step)
         self.phase = "forward"
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
@@ -91,7 +92,7 @@ class Graph:
         """The id of the node ``op(inputs; attrs)``: an existing identical node, or a new one."""
         inputs = tuple(inputs)
         frozen = freeze_attrs(attrs)
-        key = (op, inputs, frozen)
+        key = (op, inputs, frozen, tuple(shape), dtype)  # shape: a fill's only difference may be its shape
         if key in self._by_key:
             nid = self._by_key[key]
             if name and not self.nodes[nid].name:
@@ -111,7 +112,7 @@ class Graph:
         """Drop nodes nothing refers to (the caller guarantees it), e.g. unused VJP branches."""
         for nid in ids:
             node = self.nodes.pop(nid)
-            del self._by_key[(node.op, node.inputs, node.attrs)]
+            del self._by_key[(node.op, node.inputs, node.attrs, node.shape, node.dtype)]
             self.nx.remove_node(nid)
 
     def rename(self, nid: int, name: str) -> None:
@@ -133,6 +134,10 @@ class Graph:
     def order(self, ids=None) -> list[int]:
         """Topological order (ascending ids) of ``ids``, or of every node."""
         return sorted(self.nodes if ids is None else ids)
+
+    def roots(self) -> list[int]:
+        """What the graph exists to compute: its outputs and parameter updates."""
+        return [*self.outputs.values(), *self.updates.values()]
 
     def needed(self, roots) -> set[int]:
         """``roots`` and all their ancestors."""
@@ -214,6 +219,15 @@ class Rebuild:
     def arg(self, old_id: int) -> int:
         return self.map[old_id]
 
+    def node(self, new_id: int) -> Node:
+        return self.new.nodes[new_id]
+
+    def add(self, like: Node, op: str, inputs, attrs: dict, shape=None, dtype=None) -> int:
+        """Add a node to the new graph in the phase of ``like`` (the node being rewritten)."""
+        with self.new.in_phase(like.phase):
+            return self.new.add(op, inputs, attrs, like.shape if shape is None else shape,
+                                like.dtype if dtype is None else dtype)
+
     def copy(self, node: Node) -> int:
         with self.new.in_phase(node.phase):
             return self.new.add(node.op, [self.map[i] for i in node.inputs], dict(node.attrs),
@@ -235,6 +249,7 @@ class Rebuild:
         new.inputs = {k: m[v] for k, v in old.inputs.items() if v in m}
         new.params = {k: m[v] for k, v in old.params.items() if v in m}
         new.outputs = {k: m[v] for k, v in old.outputs.items()}
+        new.updates = {k: m[v] for k, v in old.updates.items()}
         for name, nid in new.outputs.items():
             if new.nodes[nid].op not in ("input", "param"):
                 new.rename(nid, name)

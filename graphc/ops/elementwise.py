@@ -45,14 +45,41 @@ class Softplus(sympy.Function):
 class Where(sympy.Function):
     """``cond ? a : b`` elementwise; the condition is a boolean input or a comparison."""
 
+    @classmethod
+    def eval(cls, cond, a, b):
+        if cond is sympy.true or cond is sympy.false:
+            return a if cond is sympy.true else b
+        if a == b:
+            return a
+        return None
+
     def _eval_derivative(self, s):
         cond, a, b = self.args
         return Where(cond, sympy.diff(a, s), sympy.diff(b, s))
 
 
-class Relu(sympy.Function):
+class Positive(sympy.Function):
+    """1 where ``y > 0``, else 0, for ``y ≥ 0`` (a relu's output): relu' read off the forward value.
+
+    Knowing ``y ≥ 0`` lets NumPy compute it as ``sign(y)``, a float op, where a comparison would need a
+    bool→float cast (and NumPy's per-call cast buffer) before it can multiply a gradient.
+    """
+
+    @classmethod
+    def eval(cls, y):
+        return sympy.Integer(1 if y > 0 else 0) if y.is_number else None
+
     def fdiff(self, argindex=1):
-        return Where(self.args[0] > 0, 1, 0)
+        return sympy.S.Zero
+
+
+class Relu(sympy.Function):
+    @classmethod
+    def eval(cls, x):
+        return sympy.Max(x, 0) if x.is_number else None
+
+    def fdiff(self, argindex=1):  # relu(x) > 0 exactly where x > 0: the backward pass reads the output
+        return Positive(Relu(self.args[0]))
 
 
 class Maximum(sympy.Function):
@@ -67,7 +94,7 @@ class Minimum(sympy.Function):
         return Where(a <= b, 1, 0) if argindex == 1 else Where(a <= b, 0, 1)
 
 
-FUNCTIONS = (Sigmoid, Softplus, Where, Relu, Maximum, Minimum)
+FUNCTIONS = (Sigmoid, Softplus, Where, Positive, Relu, Maximum, Minimum)
 
 
 # -- the ew op ----------------------------------------------------------------------------------------
@@ -79,7 +106,8 @@ def result_dtype(expr, dtypes) -> str:
     if is_float(dtype):
         return dtype
     integral = all(a.is_Add or a.is_Mul or a.is_Symbol or a.is_Integer or a.is_Relational
-                   or (a.is_Pow and a.exp.is_Integer and a.exp >= 0) or isinstance(a, (Where, Maximum, Minimum))
+                   or (a.is_Pow and a.exp.is_Integer and a.exp >= 0)
+                   or isinstance(a, (Where, Maximum, Minimum, Positive))
                    for a in sympy.preorder_traversal(expr) if isinstance(a, sympy.Basic))
     return "int64" if integral else "float64"
 
@@ -121,35 +149,32 @@ def _ew_vjp(out, g, *xs, expr):
 defop("ew", "elementwise", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp)
 
 
+def canonical(expr, inputs: list) -> tuple:
+    """``expr`` over ``inputs`` (ids or tensors) with duplicates merged and unused inputs dropped, renumbered."""
+    keyed = [getattr(t, "id", t) for t in inputs]
+    order, subs = [], {}
+    for i in sorted({arg_index(s) for s in expr.free_symbols if arg_index(s) is not None}):
+        if keyed[i] not in order:
+            order.append(keyed[i])
+        subs[arg(i)] = arg(order.index(keyed[i]))
+    kept = [inputs[keyed.index(k)] for k in order]
+    return expr.xreplace(subs), kept
+
+
 def ew(expr, inputs, op: str = "elementwise", name: str | None = None) -> Tensor:
     """The elementwise node ``expr(inputs)``: inputs deduplicated, unused ones dropped, identity elided."""
     graph = same_graph(op, inputs)
     shape = shapes.broadcast(*(t.shape for t in inputs))
     if shape is None:
-        details = " and ".join(f"{t.node.label}" for t in inputs)
-        raise GraphError(f"{op}: cannot broadcast {details}")
-    expr = sympy.sympify(expr)
-    used = sorted({arg_index(s) for s in expr.free_symbols if arg_index(s) is not None})
-    keep, subs = [], {}
-    for i in used:
-        t = inputs[i]
-        j = next((k for k, u in enumerate(keep) if u.id == t.id), None)
-        if j is None:
-            j = len(keep)
+        raise GraphError(f"{op}: cannot broadcast " + " and ".join(t.node.label for t in inputs))
+    expr, keep = canonical(sympy.sympify(expr), list(inputs))
+    for t in inputs:  # an unused operand still shapes the result
+        if shapes.broadcast(*(u.shape for u in keep)) == shape:
+            break
+        if all(t.id != u.id for u in keep):
             keep.append(t)
-        subs[arg(i)] = arg(j)
-    # an unused operand still shapes the result; keep the broadcast honest with the ones we keep
-    if shapes.broadcast(*(t.shape for t in keep)) != shape or not keep:
-        for t in inputs:
-            if all(t.id != u.id for u in keep):
-                keep.append(t)
-            if shapes.broadcast(*(u.shape for u in keep)) == shape:
-                break
-    expr = expr.xreplace(subs)
     if expr == arg(0) and len(keep) == 1 and keep[0].shape == shape:
         return keep[0]
-    if name is None:
-        return apply("ew", keep, graph=graph, expr=expr)
     return apply("ew", keep, graph=graph, name=name, expr=expr)
 
 
@@ -299,7 +324,8 @@ def _sigmoid(x):
 REFERENCE = {
     sympy.exp: np.exp, sympy.log: np.log, log1p: np.log1p, sympy.tanh: np.tanh, sympy.Abs: np.abs,
     sympy.sign: np.sign, Sigmoid: _sigmoid, Softplus: lambda x: np.logaddexp(0.0, x),
-    Relu: lambda x: np.maximum(x, 0), Maximum: np.maximum, Minimum: np.minimum, Where: np.where,
+    Relu: lambda x: np.maximum(x, 0), Positive: lambda y: (y > 0).astype(np.result_type(y, np.float32)),
+    Maximum: np.maximum, Minimum: np.minimum, Where: np.where,
     sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
     sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal, sympy.Eq: np.equal, sympy.Ne: np.not_equal,
 }

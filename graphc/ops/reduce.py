@@ -86,3 +86,20 @@ def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     axes = check_axes("mean", axis, x.node)
     count = shapes.numel([x.shape[a] for a in axes])
     return ew(arg(0) / count, [reduce_sum(x, axes, keepdims)], "mean")
+
+
+# -- sum of an elementwise expression: made by the fuse_reductions pass, after differentiation --------
+def _sum_ew_infer(nodes, attrs):
+    return reduced_shape(attrs["ew_shape"], attrs["axes"], attrs["keepdims"]), nodes[0].dtype
+
+
+def _sum_ew_impl(node, env, *args):
+    from graphc.ops.elementwise import interpret
+    values = {arg(i): a for i, a in enumerate(args)}
+    values.update(env)
+    with np.errstate(all="ignore"):
+        full = np.broadcast_to(interpret(node.attr("expr"), values), shapes.evaluate(node.attr("ew_shape"), env))
+    return np.sum(full, axis=node.attr("axes"), keepdims=node.attr("keepdims")).astype(node.dtype)
+
+
+defop("sum_ew", "reduce", infer=_sum_ew_infer, impl=_sum_ew_impl)

@@ -1,0 +1,14 @@
+"""Dead-code elimination."""
+from graphc.ir import Rebuild
+
+
+def dce(graph, notes):
+    """node no output needs -> gone
+
+    Keeps only the ancestors of the outputs and parameter updates (inputs and params always stay declared).
+    """
+    keep = graph.needed(graph.roots()) | set(graph.inputs.values()) | set(graph.params.values())
+    dead = sorted(set(graph.nodes) - keep)
+    for nid in dead:
+        notes.note(f"removed {graph.display_name(nid)} ({graph.nodes[nid].op})")
+    return Rebuild(graph).run(keep=keep) if dead else graph

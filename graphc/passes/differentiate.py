@@ -1,0 +1,41 @@
+"""Re-derive the backward graph after forward rewrites."""
+from graphc.autodiff import backprop
+from graphc.dsl import Tensor, fill
+from graphc.ir import Rebuild
+
+
+def differentiate(graph, notes):
+    """gc.grad(loss) over the user's forward graph -> gc.grad(loss) over the rewritten forward graph
+
+    Forward passes (e.g. softmax + cross-entropy fusion) change what the gradient should be built from, so
+    each ``gc.grad`` request is derived again on the rewritten graph; its old backward nodes are dropped.
+    """
+    if not graph.grads:
+        return graph
+    owner = {nid: r for r in graph.grads for nid in r.nodes}
+    rb = Rebuild(graph)
+    done = set()
+
+    def derive(request):
+        new = rb.new
+        with new.in_phase("backward"):
+            seed = (Tensor(new, rb.map[request.seed]) if request.seed is not None
+                    else fill(new, 1, (), new.nodes[rb.map[request.loss]].dtype))
+            results = backprop(new, rb.map[request.loss], [rb.map[w] for w in request.wrt], seed)
+        for old, r in zip(request.results, results):
+            rb.map[old] = r.id
+            if graph.nodes[old].name and not new.nodes[r.id].name:
+                new.rename(r.id, graph.nodes[old].name)
+        notes.note(f"derived the gradient of {graph.display_name(request.loss)} w.r.t. "
+                   + ", ".join(graph.display_name(w) for w in request.wrt))
+
+    for nid in graph.order():
+        request = owner.get(nid)
+        if request is None and nid not in rb.map:
+            rb.map[nid] = rb.copy(graph.nodes[nid])
+        elif request is not None and id(request) not in done:
+            done.add(id(request))
+            derive(request)
+    new = rb.finish()
+    new.grads = []
+    return new

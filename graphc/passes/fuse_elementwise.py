@@ -1,0 +1,31 @@
+"""Elementwise fusion."""
+from graphc.ir import Rebuild
+from graphc.passes.rewrite import add_ew, inline
+
+
+def fuse_elementwise(graph, notes):
+    """ew(ew(x), y) -> one ew node holding the combined sympy expression
+
+    A producer is inlined into its consumer when the consumer is its only reader, it is no output, and both
+    have the same shape (inlining a smaller, broadcast producer would recompute it per element). Groups grown
+    this way are trees of single-reader producers, so they are convex: no path leaves a group and comes back.
+    """
+    roots = set(graph.roots())
+
+    def rule(rb, node):
+        if node.op != "ew":
+            return None
+        expr, ins = node.attr("expr"), [rb.arg(i) for i in node.inputs]
+        fused = []
+        for position, old in enumerate(node.inputs):
+            src = rb.node(ins[position])
+            if (src.op == "ew" and old not in roots and len(graph.consumers(old)) == 1
+                    and tuple(src.shape) == tuple(node.shape)):
+                expr, ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
+                fused.append(graph.display_name(old))
+        if not fused:
+            return None
+        notes.note(f"fused {', '.join(fused)} into {graph.display_name(node.id)}")
+        return add_ew(rb, node, expr, ins)
+
+    return Rebuild(graph).run(rule)

@@ -1,0 +1,28 @@
+"""Small building blocks the passes share for rewriting elementwise nodes."""
+from __future__ import annotations
+
+import sympy
+
+from graphc.ops.elementwise import arg, canonical
+
+
+def add_ew(rb, like, expr, inputs: list[int], shape=None) -> int:
+    """Elementwise node ``expr(inputs)`` with the shape of ``like``; an identity is elided, constants become fills."""
+    shape = like.shape if shape is None else shape
+    expr, inputs = canonical(sympy.sympify(expr), list(inputs))
+    if expr == arg(0) and rb.node(inputs[0]).shape == tuple(shape) and rb.node(inputs[0]).dtype == like.dtype:
+        return inputs[0]
+    if not inputs:
+        return rb.add(like, "fill", [], {"value": expr}, shape=shape)
+    return rb.add(like, "ew", inputs, {"expr": expr}, shape=shape)
+
+
+def inline(expr, inputs: list[int], position: int, inner_expr, inner_inputs: list[int]):
+    """Substitute the expression of input ``position`` (``inner_expr`` over ``inner_inputs``) into ``expr``."""
+    base = len(inputs)
+    shifted = inner_expr.xreplace({arg(j): arg(base + j) for j in range(len(inner_inputs))})
+    return expr.xreplace({arg(position): shifted}), [*inputs, *inner_inputs]
+
+
+def fill_value(node):
+    return node.attr("value") if node.op == "fill" else None

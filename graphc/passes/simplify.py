@@ -1,0 +1,48 @@
+"""Algebraic and structural simplification."""
+from graphc.ir import Rebuild
+from graphc.ops.elementwise import arg
+from graphc.passes.rewrite import add_ew, inline
+
+
+def simplify(graph, notes):
+    """x·1, x+0, −(−x), exp(log x), reshape∘reshape, transpose∘transpose, ew(broadcast_to(x)) -> the simpler form
+
+    Elementwise expressions are sympy expressions, so sympy's own canonicalization already folds x·1, x+0,
+    −(−x), exp(log x) and scalar factors (0.5·2 = 1); this pass inlines negations and drops redundant
+    reshapes, transposes and broadcasts.
+    """
+    def rule(rb, node):
+        ins = [rb.arg(i) for i in node.inputs]
+        if node.op == "reshape":
+            src = rb.node(ins[0])
+            if src.op == "reshape":
+                ins = list(src.inputs)
+                notes.note(f"reshape∘reshape -> reshape at {graph.display_name(node.id)}")
+            if tuple(rb.node(ins[0]).shape) == tuple(node.shape):
+                return ins[0]
+            return rb.add(node, "reshape", ins, dict(node.attrs))
+        if node.op == "transpose":
+            src = rb.node(ins[0])
+            if src.op == "transpose":
+                inner, outer = src.attr("perm"), node.attr("perm")
+                perm = tuple(inner[p] for p in outer)
+                notes.note(f"transpose∘transpose -> {'nothing' if perm == tuple(sorted(perm)) else 'transpose'}")
+                if perm == tuple(range(len(perm))):
+                    return src.inputs[0]
+                return rb.add(node, "transpose", list(src.inputs), {"perm": perm})
+            return None
+        if node.op == "ew":
+            expr = node.attr("expr")
+            for position in range(len(ins)):
+                src = rb.node(ins[position])
+                if src.op == "broadcast_to":
+                    ins[position] = src.inputs[0]  # elementwise ops broadcast by themselves
+                    notes.note(f"dropped broadcast_to feeding {graph.display_name(node.id)}")
+                elif src.op == "ew" and len(src.inputs) == 1 and src.attr("expr") == -arg(0):
+                    expr, ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
+                    notes.note(f"inlined a negation into {graph.display_name(node.id)}")
+            return add_ew(rb, node, expr, ins)
+        return None
+
+    return Rebuild(graph).run(rule)
+
