@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -350,21 +351,22 @@ def mermaid_text(d: Diagram) -> str:
     """A Mermaid flowchart: one node per graph node, one edge per input position."""
     graph, shown, outs = d.graph, set(d.ids), roles(d.graph)
     lines = ["---", f"title: {_quote(d.title)}", "---", "flowchart TB"]
-    lines += [f"  %% {note}" for note in d.notes]
+    lines += [f"  %% {note.replace('{', '(').replace('}', ')')}" for note in d.notes]  # braces open directives
     classes: dict[str, list[str]] = {}
     for nid in d.ids:
         title, details = node_label(graph, nid, shown)
         k = kind(graph, nid)
         left, right = MERMAID_SHAPES["output" if k == "op" and nid in outs else k]
         lines.append(f"  n{nid}{left}{'<br/>'.join(_mm(t) for t in (title, *details))}{right}")
-        groups = [graph.nodes[nid].phase if k == "op" else k]
-        groups += ["output"] * (nid in outs) + ["changed"] * (nid in d.changed)
+        groups = [graph.nodes[nid].phase if k == "op" else "constant" if k in ("const", "fill") else k]
+        groups += ["output"] * (nid in outs) + ["rewritten"] * (nid in d.changed)
         for group in groups:
             classes.setdefault(group, []).append(f"n{nid}")
     lines += [f'  n{src} -->|"{_mm(edge_label(graph, src))}"| n{dst}' for src, dst, _ in edges(graph, d.ids)]
     styles = {**{p: f"fill:{f},stroke:{b},color:#111827" for p, (f, b) in PHASE_COLORS.items()},
-              **{k: f"fill:{f},stroke:{b},color:#111827" for k, (f, b) in SOURCE_COLORS.items()},
-              "output": "stroke-width:3px", "changed": f"stroke:{CHANGED},stroke-width:3px"}
+              **{("constant" if k == "const" else k): f"fill:{f},stroke:{b},color:#111827"
+                 for k, (f, b) in SOURCE_COLORS.items() if k != "fill"},
+              "output": "stroke-width:3px", "rewritten": f"stroke:{CHANGED},stroke-width:3px"}
     for group, style in styles.items():
         if group in classes:
             lines += [f"  classDef {group} {style}", f"  class {','.join(classes[group])} {group}"]
@@ -407,12 +409,22 @@ def encode(d: Diagram, fmt: str, dpi: int | None = None) -> bytes:
     return source.encode() if fmt == "dot" else graphviz(source, fmt, repr(d.title))
 
 
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what a plain ``open`` would give under the umask."""
+    if path.is_file():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path, data: bytes) -> Path:
     """Write through a temporary file in the same folder, so no reader ever sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes the file private; a diagram is not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -500,6 +512,10 @@ def show_arguments(parser) -> None:
                         help="file format of the --each-pass diagrams (default: svg)")
     parser.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2), default=2,
                         help="optimization level of the optimized stage and of --each-pass (default: 2)")
+    parser.add_argument("--train", action="store_true",
+                        help="draw the training step: every param's gradient of --loss and its SGD update")
+    parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
     parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
 
 
@@ -507,15 +523,19 @@ def show(args) -> int:
     """``graphc show MODEL.py``: draw each graph the model defines."""
     from graphc.cli import load_graphs  # the command line's loader; imported late, as the CLI imports us late
     graphs = load_graphs(args.model, args.graph)
+    if args.train:
+        from graphc.train import SGD, training_graph
+        graphs = [training_graph(g, args.loss, SGD(args.lr)) for g in graphs]
     for g in graphs:
+        title = f"{g.name} · training step (SGD, lr={args.lr:g}) · {args.stage}" if args.train else None
         if args.output:
             path = Path(args.output)
             if len(graphs) > 1:  # one file per graph
                 path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
-            render(g, path, args.stage, opt_level=args.opt_level, dpi=args.dpi)
+            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi)
             print(f"wrote {path}")
         elif not args.each_pass:
-            print(to_dot(g, args.stage, opt_level=args.opt_level, dpi=args.dpi), end="")
+            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi), end="")
         if args.each_pass:
             folder = Path(args.each_pass) / g.name if len(graphs) > 1 else Path(args.each_pass)
             fmt = "mermaid" if args.format == "mmd" else args.format
