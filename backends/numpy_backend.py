@@ -6,6 +6,7 @@ per value of the symbolic dims and cached, so a steady-state call allocates no f
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import sympy
@@ -261,6 +262,12 @@ EMIT = {
 }
 VIEW_EMIT = {"reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "slice": _slice}
 SOURCES = ("input", "param", "const")
+PLACEHOLDER = re.compile(r"\b_scratch(\d+)\b")  # temporaries in a draft, before the buffer plan names them
+
+
+def name_temporaries(lines: list[str], temps: list[str]) -> list[str]:
+    """A node's draft statements with the planned buffers in place of their placeholder temporaries."""
+    return [PLACEHOLDER.sub(lambda hit: temps[int(hit.group(1)) - 1], text) for text in lines]
 
 
 class FunctionEmitter:
@@ -287,6 +294,7 @@ class FunctionEmitter:
                 self.var[nid] = names.fresh(self._wanted(graph.nodes[nid]))
         self.names = names
         keep = set(graph.outputs.values())
+        self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
 
@@ -301,10 +309,12 @@ class FunctionEmitter:
         return node.op not in VIEWS and node.op not in SOURCES and node.id not in self.updates
 
     def _scratch_needs(self, node):
+        """Emit the node once with placeholder temporaries (kept as its draft); report what they need."""
         if node.op in VIEWS or node.op in SOURCES:
             return []
-        st = Statement(self, node, self.updates.get(node.id, "_out"), None)
+        st = Statement(self, node, self.updates.get(node.id) or self.var[node.id], None)
         self._run(st)
+        self.drafts[node.id] = st.lines
         return st.requests
 
     def _run(self, st):
@@ -349,7 +359,7 @@ class FunctionEmitter:
             node = self.graph.nodes[nid]
             if node.op in FED:
                 continue
-            comment = f"# {_describe(node)}  {shapes.fmt_x(node.shape)}"
+            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
             name = self.var[nid]
             if node.op == "const":
                 w.line(f"{name} = {self.module.constant(node)}  {comment}")
@@ -359,7 +369,7 @@ class FunctionEmitter:
                 w.line(f"{name} = {self.translate(self.VIEW_EMIT[node.op](st))}  {comment}")
                 continue
             st.out = self.updates.get(nid) or name
-            self._run(st)
+            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
             if nid in self.updates:
                 w.line(f"{comment} (update of {st.out}, in place)")
                 for text in st.lines:
@@ -374,6 +384,22 @@ class FunctionEmitter:
                 for text in st.lines:
                     w.line(text)
             self._check_numerics(w, node, name)
+
+    def describe(self, node) -> str:
+        """The comment of a node's statement: its op, with an elementwise expression in terms of variables."""
+        if node.op not in ("ew", "sum_ew", "softmax_xent_grad"):
+            return _describe(node)
+        expr = node.attr("expr") if node.op != "softmax_xent_grad" else node.attr("scale")
+        offset = 2 if node.op == "softmax_xent_grad" else 0
+        names = {sympy.Symbol(f"_{i}", real=True): sympy.Symbol(self.var[src])
+                 for i, src in enumerate(node.inputs[offset:])}
+        text = _readable(expr.xreplace(names))
+        if node.op == "softmax_xent_grad":
+            z, t = (self.var[i] for i in node.inputs[:2])
+            return f"softmax_xent_grad: (softmax({z}) - onehot({t}))·{text}"
+        if node.op == "sum_ew":
+            return f"sum_ew: sum({text}, axis={_axes(node)!r})"
+        return f"{_expr_label(expr)}: {text}"
 
     def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
         """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""

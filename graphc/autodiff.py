@@ -45,6 +45,8 @@ def backprop(graph: Graph, loss: int, wrt: list[int], seed: Tensor) -> list[Tens
             continue
         g = grads[nid] = add_all(parts)
         node = graph.nodes[nid]
+        if node.name and not g.name and g.node.phase == "backward":
+            g.named(f"d{node.name}")  # dh, dlogits: readable names in code and diagrams
         rule = OPS[node.op].vjp
         if rule is None or not is_float(node.dtype):
             continue

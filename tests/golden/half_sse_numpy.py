@@ -76,9 +76,9 @@ _compute_cache = {}
 
 def _compute(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # matmul  m×2
-    dy = np.subtract(y, t, out=B[1])  # sub: _0 - _1  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew (axes=(0, 1), keepdims=False)  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: _0/2  scalar
+    dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
+    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
     dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
@@ -100,12 +100,12 @@ _train_cache = {}
 
 def _train(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # matmul  m×2
-    dy = np.subtract(y, t, out=B[1])  # sub: _0 - _1  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew (axes=(0, 1), keepdims=False)  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: _0/2  scalar
+    dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
+    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
     dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
-    # sub: _0 - _1/10  3×2 (update of W, in place)
+    # sub: W - dW/10  3×2 (update of W, in place)
     np.multiply(dW, -1/10, out=B[5])
     np.add(W, B[5], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
