@@ -98,8 +98,14 @@ def _update(st):
     (_ew if st.node.op == "ew" else base._update)(st)
 
 
+def _random_normal(st):
+    """Drawn on the GPU by a module-level ``cp.random`` generator (a stream of its own, unlike NumPy's)."""
+    rng = st.fn.module.generator(st.node)
+    st.line(f"cp.copyto({st.out}, {rng}.standard_normal({st.dims(st.node.shape)}, dtype=cp.{st.node.dtype}))")
+
+
 class FunctionEmitter(base.FunctionEmitter):
-    EMIT = {**base.EMIT, "ew": _ew, "sum_ew": _sum_ew}
+    EMIT = {**base.EMIT, "ew": _ew, "sum_ew": _sum_ew, "random_normal": _random_normal}
     BACKEND, XP = BACKEND, "cp"
 
     def _run(self, st):

@@ -224,6 +224,11 @@ def _fill(st):
     st.line(f"{st.out}.fill({st.value(st.node.attr('value'))})")
 
 
+def _random_normal(st):
+    rng = st.fn.module.generator(st.node)
+    st.line(f"{rng}.standard_normal(dtype=np.{st.node.dtype}, out={st.out})")
+
+
 def _concat(st):
     st.line(f"np.concatenate([{', '.join(st.args)}], axis={st.node.attr('axis')}, out={st.out})")
 
@@ -259,6 +264,7 @@ EMIT = {
     "softmax": lambda st: _softmax_common(st, False), "log_softmax": lambda st: _softmax_common(st, True),
     "softmax_cross_entropy": _softmax_cross_entropy, "softmax_xent_grad": _softmax_xent_grad,
     "one_hot": _one_hot, "matmul": _matmul, "fill": _fill, "concat": _concat, "unslice": _unslice,
+    "random_normal": _random_normal,
 }
 VIEW_EMIT = {"reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "slice": _slice}
 SOURCES = ("input", "param", "const")
@@ -469,6 +475,14 @@ class ModuleEmitter:
             name = f"_CONST{len(self.constants)}"
             self.constants[node.id] = (name, self._array_text(f"np.array({arr.tolist()!r}, dtype=np.{dtype})"))
         return self.constants[node.id][0]
+
+    def generator(self, node) -> str:
+        """A module-level generator for a ``random_normal`` stream: it advances with every call."""
+        seed, stream = node.attr("seed"), node.attr("stream")
+        key = ("rng", seed, stream)
+        if key not in self.constants:
+            self.constants[key] = (f"_RNG{len(self.constants)}", f"{self.XP}.random.default_rng([{seed}, {stream}])")
+        return self.constants[key][0]
 
     def _array_text(self, host: str) -> str:
         """Module-level text for a host (NumPy) array as this backend's array."""

@@ -39,6 +39,7 @@ from graphc.ops.reduce import logsumexp, mean
 from graphc.ops.reduce import reduce_max as max
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
+from graphc.per_example import clipped_mean_grads, per_example_grads, per_example_norms
 from graphc.program import Program, compile
 from graphc.shapes import dim
 from graphc.train import SGD
@@ -53,4 +54,5 @@ __all__ = [
     "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
     "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
     "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
+    "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]
