@@ -43,6 +43,7 @@ from graphc.per_example import clipped_mean_grads, per_example_grads, per_exampl
 from graphc.program import Program, compile
 from graphc.shapes import dim
 from graphc.train import SGD
+from graphc.viz import render
 
 __version__ = "0.1.0"
 
@@ -51,7 +52,7 @@ __all__ = [
     "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
     "const", "dim", "equal", "exp", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu",
     "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
-    "minimum", "one_hot", "param", "relu", "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "softplus",
-    "sqrt", "square", "sum", "tanh", "transpose", "where",
+    "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
+    "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
     "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]

@@ -138,5 +138,17 @@ def check(args) -> int:
     return 1 if failed else 0
 
 
+def _show_arguments(parser):
+    """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
+    from graphc.viz import show_arguments
+    show_arguments(parser)
+
+
+@command("show", _show_arguments)
+def show(args) -> int:
+    from graphc.viz import show
+    return show(args)
+
+
 if __name__ == "__main__":
     sys.exit(main())
