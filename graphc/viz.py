@@ -8,11 +8,8 @@ layer. The text is deterministic (nodes in ascending id order, edges in input or
 from __future__ import annotations
 
 import html
-import os
 import shutil
-import stat
 import subprocess
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from sympy.printing.str import StrPrinter
 
 from graphc import shapes
 from graphc.errors import GraphError
+from graphc.files import write_atomic
 from graphc.ir import PHASES, Graph
 
 STAGES = ("forward", "backward", "optimized")
@@ -407,31 +405,6 @@ def encode(d: Diagram, fmt: str, dpi: int | None = None) -> bytes:
         return mermaid_text(d).encode()
     source = dot_text(d, dpi=dpi)
     return source.encode() if fmt == "dot" else graphviz(source, fmt, repr(d.title))
-
-
-def _file_mode(path: Path) -> int:
-    """The mode of the file being replaced, else what a plain ``open`` would give under the umask."""
-    if path.is_file():
-        return stat.S_IMODE(path.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path, data: bytes) -> Path:
-    """Write through a temporary file in the same folder, so no reader ever sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes the file private; a diagram is not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def render(graph: Graph, path, stage: str = "forward", *, opt_level: int = 2, title: str | None = None,
