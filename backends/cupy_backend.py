@@ -116,6 +116,8 @@ class FunctionEmitter(base.FunctionEmitter):
         super()._run(st)
 
     def translate(self, text: str) -> str:
+        # cp.sum / cp.max take out= and keepdims; ufunc.reduce is NumPy's allocation-free spelling of them
+        text = text.replace("np.add.reduce(", "cp.sum(").replace("np.maximum.reduce(", "cp.max(")
         text = re.sub(r"\bnp\.", "cp.", text)
         if text.startswith("cp.take("):  # cupy.take has no mode: indices here are always in range
             text = text.replace(", mode='clip'", "")
