@@ -144,7 +144,7 @@ class ModuleEmitter(base.ModuleEmitter):
     def _array_text(self, host: str) -> str:
         return f"cp.asarray({host})"
 
-    RUNTIME = {"axpy": '''
+    RUNTIME = {**{k: v for k, v in base.ModuleEmitter.RUNTIME.items() if k in ("feeds", "numerics")}, "axpy": '''
 def _axpy(a, x, y, scratch):
     """y += a·x, in place."""
     cp.multiply(x, a, out=scratch)

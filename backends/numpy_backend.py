@@ -487,7 +487,7 @@ class ModuleEmitter:
     ARRAY = "np.ndarray"  # what the checks accept as an array
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
-        self.runtime: set[str] = set()  # helpers (RUNTIME keys) the statements call
+        self.runtime = {"feeds", "numerics"} if check_numerics else {"feeds"}  # RUNTIME helpers the module needs
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.dims = graph.dims()
         self.constants: dict[int, tuple[str, str]] = {}
@@ -513,7 +513,43 @@ class ModuleEmitter:
         """Module-level text for a host (NumPy) array as this backend's array."""
         return host
 
-    RUNTIME = {"blas": '''
+    RUNTIME = {"feeds": '''
+def _explain(feeds, names):
+    """The error for feeds that are not a dict of exactly the expected names."""
+    if not isinstance(feeds, dict):
+        raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")
+    missing = [n for n in names if n not in feeds]
+    raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
+
+
+def _shape_of(feeds, name, axis):
+    """The size of one axis of a feed: how a symbolic dim is bound."""
+    value = feeds[name]
+    if not isinstance(value, ARRAY_TYPES) or value.ndim <= axis:
+        got = getattr(value, "shape", type(value).__name__)
+        raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got {got}")
+    return value.shape[axis]
+
+
+class _Buffers(list):
+    """Planned buffers by index, plus named helper arrays (row numbers) by key."""
+
+    def __init__(self, arrays, named):
+        super().__init__(arrays)
+        self.named = named
+
+    def __getitem__(self, key):
+        return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
+''', "numerics": '''
+def _check_finite(name, op, value):
+    """Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""
+    if not np.all(np.isfinite(value)):
+        bad = "NaN" if np.any(np.isnan(value)) else "Inf"
+        raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
+''', "blas": '''
 try:  # SciPy's BLAS updates arrays in place in one pass; NumPy alone gives the same numbers, a little slower
     from scipy.linalg import blas as _blas
     _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
@@ -551,11 +587,13 @@ def _gemm(alpha, a, b, beta, out, scratch):
 
     def _definitions(self, w: CodeWriter) -> None:
         """Module-level definitions the functions use: runtime helpers (the kernels, for CuPy)."""
-        used = [key for key in self.RUNTIME if key in self.runtime or (key == "blas" and self.runtime)]
-        for key in used:
-            w.lines.extend(self.RUNTIME[key].strip().splitlines())
-            w.line("")
-            w.line("")
+        blas = {"axpy", "gemm"} & self.runtime
+        for key, text in self.RUNTIME.items():
+            if key in self.runtime or (key == "blas" and blas):
+                text = text.replace("ARRAY_TYPES", self.ARRAY).replace("np.", f"{self.XP}.")
+                w.lines.extend(text.strip().splitlines())
+                w.line("")
+                w.line("")
 
     def _to_device(self, w: CodeWriter, *tables: str) -> None:
         """Statements converting the arrays of the named dicts for the functions; none for NumPy."""
@@ -592,16 +630,18 @@ def _gemm(alpha, a, b, beta, out, scratch):
             cw.depth = 1
             fe.body(cw)
             body[fname] = cw
-        for name, text in self.constants.values():
-            w.line(f"{name} = {text}")
-        self._definitions(w)
+        w.line("")
         w.line(f"DIMS = {tuple(d.name for d in self.dims)!r}")
         w.line("INPUTS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
                                         for n, i in g.inputs.items()) + "}")
         w.line("PARAMS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r}, "
                                         f"{g.nodes[i].attr('init')!r})" for n, i in g.params.items()) + "}")
         w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
+        for name, text in self.constants.values():
+            w.line(f"{name} = {text}")
         w.line("")
+        w.line("")
+        self._definitions(w)
         self._checks(w)
         for fname, fe in fns:
             self._buffers(w, fname, fe)
@@ -620,13 +660,6 @@ def _gemm(alpha, a, b, beta, out, scratch):
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
-        if self.check_numerics:
-            with w.block("def _check_finite(name, op, value):"):
-                w.line('"""Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""')
-                with w.block(f"if not {self.XP}.all({self.XP}.isfinite(value)):"):
-                    w.line(f'bad = "NaN" if {self.XP}.any({self.XP}.isnan(value)) else "Inf"')
-                    w.line('raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")')
-            w.line("")
         with w.block("def _check(feeds, names, dims=None):"):
             w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
             with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):
@@ -648,17 +681,6 @@ def _gemm(alpha, a, b, beta, out, scratch):
                     w.line('raise ValueError(f"{name} expects shape {shape} = {_SHAPES[name](*dims)}, "')
                     w.line('                 f"got {value.shape}")')
             w.line("return dims")
-        w.line("")
-        w.line("")
-        with w.block("def _explain(feeds, names):"):
-            w.line('"""The error for feeds that are not a dict of exactly the expected names."""')
-            with w.block("if not isinstance(feeds, dict):"):
-                w.line('raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")')
-            w.line("extra = sorted(set(feeds) - set(names))")
-            with w.block("if extra:"):
-                w.line('raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")')
-            w.line("missing = [n for n in names if n not in feeds]")
-            w.line('raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))')
         w.line("")
         g = self.graph
         spec = {**g.inputs, **g.params}
@@ -707,23 +729,6 @@ def _gemm(alpha, a, b, beta, out, scratch):
     def _api(self, w: CodeWriter, fns) -> None:
         g = self.graph
         dims = ", ".join(d.name for d in self.dims)
-        w.line("")
-        with w.block("class _Buffers(list):"):
-            w.line('"""Planned buffers by index, plus named helper arrays (row numbers) by key."""')
-            with w.block("def __init__(self, arrays, named):"):
-                w.line("super().__init__(arrays)")
-                w.line("self.named = named")
-            with w.block("def __getitem__(self, key):"):
-                w.line("return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)")
-        w.line("")
-        with w.block("def _shape_of(feeds, name, axis):"):
-            w.line("value = feeds[name]")
-            with w.block(f"if not isinstance(value, {self.ARRAY}) or value.ndim <= axis:"):
-                w.line('raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got "')
-                w.line('                 f"{getattr(value, \'shape\', type(value).__name__)}")')
-            w.line("return value.shape[axis]")
-        w.line("")
-        w.line("")
         inputs = list(g.inputs)
         params = list(g.params)
         with w.block("def run(feeds):"):

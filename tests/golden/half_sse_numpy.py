@@ -16,6 +16,44 @@ Outputs:
 """
 import numpy as np
 
+
+DIMS = ('m',)
+INPUTS = {'x': ('(m, 3)', 'float64'), 't': ('(m, 2)', 'float64')}
+PARAMS = {'W': ('(3, 2)', 'float64', ('normal', 0.5))}
+OUTPUTS = ('loss', 'y', 'dW', 'dy')
+
+
+def _explain(feeds, names):
+    """The error for feeds that are not a dict of exactly the expected names."""
+    if not isinstance(feeds, dict):
+        raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")
+    missing = [n for n in names if n not in feeds]
+    raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
+
+
+def _shape_of(feeds, name, axis):
+    """The size of one axis of a feed: how a symbolic dim is bound."""
+    value = feeds[name]
+    if not isinstance(value, np.ndarray) or value.ndim <= axis:
+        got = getattr(value, "shape", type(value).__name__)
+        raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got {got}")
+    return value.shape[axis]
+
+
+class _Buffers(list):
+    """Planned buffers by index, plus named helper arrays (row numbers) by key."""
+
+    def __init__(self, arrays, named):
+        super().__init__(arrays)
+        self.named = named
+
+    def __getitem__(self, key):
+        return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
+
+
 try:  # SciPy's BLAS updates arrays in place in one pass; NumPy alone gives the same numbers, a little slower
     from scipy.linalg import blas as _blas
     _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
@@ -33,11 +71,6 @@ def _axpy(a, x, y, scratch):
     np.multiply(x, a, out=scratch)
     return np.add(y, scratch, out=y)
 
-
-DIMS = ('m',)
-INPUTS = {'x': ('(m, 3)', 'float64'), 't': ('(m, 2)', 'float64')}
-PARAMS = {'W': ('(3, 2)', 'float64', ('normal', 0.5))}
-OUTPUTS = ('loss', 'y', 'dW', 'dy')
 
 
 def _check(feeds, names, dims=None):
@@ -60,17 +93,6 @@ def _check(feeds, names, dims=None):
             raise ValueError(f"{name} expects shape {shape} = {_SHAPES[name](*dims)}, "
                              f"got {value.shape}")
     return dims
-
-
-def _explain(feeds, names):
-    """The error for feeds that are not a dict of exactly the expected names."""
-    if not isinstance(feeds, dict):
-        raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
-    extra = sorted(set(feeds) - set(names))
-    if extra:
-        raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")
-    missing = [n for n in names if n not in feeds]
-    raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
 
 _SPEC = {'x': ('(m, 3)', 'float64'), 't': ('(m, 2)', 'float64'), 'W': ('(3, 2)', 'float64')}
 _SHAPES = {
@@ -126,23 +148,6 @@ def _train(B, m, x, t, W):
     # sub: W - dW/10  3×2 (update of W, in place)
     _axpy(-1/10, dW, W, B[5])
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
-
-
-class _Buffers(list):
-    """Planned buffers by index, plus named helper arrays (row numbers) by key."""
-    def __init__(self, arrays, named):
-        super().__init__(arrays)
-        self.named = named
-    def __getitem__(self, key):
-        return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
-
-def _shape_of(feeds, name, axis):
-    value = feeds[name]
-    if not isinstance(value, np.ndarray) or value.ndim <= axis:
-        raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got "
-                         f"{getattr(value, 'shape', type(value).__name__)}")
-    return value.shape[axis]
-
 
 def run(feeds):
     """The graph's outputs (fresh arrays) for feeds: every input and param by name."""
