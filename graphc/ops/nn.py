@@ -113,3 +113,20 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor, axis: int = -1) -> Ten
         raise GraphError("softmax_cross_entropy: labels must be a tensor (gc.input(..., dtype='int64'))")
     (axis,) = check_axes("softmax_cross_entropy", axis, logits.node)
     return apply("softmax_cross_entropy", [logits, labels], axis=axis)
+
+
+# -- (softmax(z) − onehot(t))·scale: made by the fuse_softmax_xent pass from the VJP above -------------
+def _xent_grad_infer(nodes, attrs):
+    return nodes[0].shape, nodes[0].dtype
+
+
+def _xent_grad_impl(node, env, z, t, *rest):
+    from graphc.ops.elementwise import interpret
+    values = {arg(i): r for i, r in enumerate(rest)}
+    values.update(env)
+    probs = np.exp(_stable_log_softmax(z, -1))
+    onehot = (t[..., None] == np.arange(z.shape[-1])).astype(z.dtype)
+    return ((probs - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
+
+
+defop("softmax_xent_grad", "nn", infer=_xent_grad_infer, impl=_xent_grad_impl)

@@ -29,6 +29,7 @@ PIPELINE = [
     (dce, 1),
     (scale, 2),
     (fold_constants, 2),
+    (fuse_softmax_xent, 2),
     (fuse_elementwise, 2),
     (fuse_reductions, 2),
     (dce, 1),

@@ -12,8 +12,18 @@ def fuse_softmax_xent(graph, notes):
     so after this pass (and ``differentiate``) a hand-written cross-entropy trains exactly like the op.
     ``t`` may be ``one_hot(labels)`` (the labels are used directly) or any float tensor of the logits' shape.
     """
+    roots = set(graph.roots())
+
+    def private(old_id, op):
+        return graph.nodes[old_id].op == op and old_id not in roots and len(graph.consumers(old_id)) == 1
+
     def rule(rb, node):
         ins = [rb.arg(i) for i in node.inputs]
+        if node.op == "ew" and node.phase != "forward" and len(node.inputs) >= 2:
+            fused = _gradient(rb, node, ins, private)
+            if fused is not None:
+                notes.note(f"(softmax(z) − onehot(t))·g -> softmax_xent_grad at {graph.display_name(node.id)}")
+                return fused
         if node.op == "ew" and node.phase == "forward" and node.attr("expr") == sympy.log(arg(0)):
             src = rb.node(ins[0])
             if src.op == "softmax":
@@ -36,3 +46,22 @@ def fuse_softmax_xent(graph, notes):
         return None
 
     return Rebuild(graph).run(rule)
+
+
+def _gradient(rb, node, ins, private):
+    """(softmax(z) − one_hot(t))·scale, both read only here -> softmax_xent_grad(z, t; scale)."""
+    expr = node.attr("expr")
+    s_old, h_old = node.inputs[0], node.inputs[1]
+    if not (private(s_old, "softmax") and private(h_old, "one_hot")):
+        return None
+    s, h = rb.node(ins[0]), rb.node(ins[1])
+    if s.attr("axis") != len(s.shape) - 1 or h.shape != s.shape:
+        return None
+    scale = sympy.simplify(expr / (arg(0) - arg(1)))
+    if scale.free_symbols & {arg(0), arg(1)}:
+        return None
+    rest = ins[2:]
+    if any(len(rb.node(r).shape) and rb.node(r).shape[-1] != 1 for r in rest):
+        return None  # the scale must be constant along the classes
+    scale = scale.xreplace({arg(i + 2): arg(i) for i in range(len(rest))})
+    return rb.add(node, "softmax_xent_grad", [s.inputs[0], h.inputs[0], *rest], {"scale": scale})

@@ -10,7 +10,7 @@ LINEAR = ("matmul", "sum", "reshape", "transpose", "broadcast_to")
 
 def scalar_factor(node):
     """``c`` where ``node`` is the pure scaling ``c·x`` of one input, else None."""
-    if node.op != "ew" or len(node.inputs) != 1:
+    if node.op != "ew" or len(node.inputs) != 1 or node.dtype == "bool":
         return None
     c = sympy.simplify(node.attr("expr") / arg(0))
     return None if c.free_symbols & {arg(0)} or c == 1 else c

@@ -1,0 +1,1 @@
+"""Code emitters, installed as graphc.backends: one module per target (numpy, cupy)."""

@@ -1,0 +1,568 @@
+"""The NumPy emitter: a graph becomes a standalone, readable Python module that needs only NumPy.
+
+One commented statement (or short in-place chain) per node; buffers planned from liveness, allocated once
+per value of the symbolic dims and cached, so a steady-state call allocates no full-size arrays.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import sympy
+
+from graphc import shapes
+from graphc.backends.codewriter import CodeWriter, Names
+from graphc.backends.printer import NumPyScalarPrinter, UfuncChain
+from graphc.errors import GraphError
+from graphc.initializers import init_array
+from graphc.ops import reduced_shape
+from graphc.schedule import FED, VIEWS, plan
+
+BACKEND = "numpy"
+
+
+class Statement:
+    """The emission context of one node: its input variables, its output variable, scratch, lines."""
+
+    def __init__(self, fn, node, out: str | None, scratch: list[str] | None):
+        self.fn, self.node, self.out = fn, node, out
+        self.args = [fn.var[i] for i in node.inputs]
+        self.lines: list[str] = []
+        self._scratch = list(scratch or [])
+        self.requests: list[tuple] = []
+
+    def scratch(self, dtype: str, shape=None) -> str:
+        """A temporary of ``shape`` (default: the node's) planned by the scheduler."""
+        self.requests.append((tuple(self.node.shape if shape is None else shape), dtype))
+        return self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"
+
+    def line(self, text: str) -> None:
+        if text:
+            self.lines.append(text)
+
+    def dims(self, shape) -> str:
+        return self.fn.shape_text(shape)
+
+    def value(self, expr) -> str:
+        return self.fn.printer.doprint(sympy.sympify(expr))
+
+
+# -- per-op emitters: emit(st) appends lines computing st.node into st.out -------------------------
+def _ew(st):
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
+    names.update(st.fn.dim_names)
+    chain = UfuncChain(names, st.scratch, st.node.dtype, st.fn.printer, f"node {st.node.label}")
+    for text in chain.run(st.node.attr("expr"), st.out):
+        st.line(text)
+
+
+def _axes(node):
+    axes = node.attr("axes")
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _sum(st):
+    n = st.node
+    st.line(f"np.sum({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+
+
+def _max(st):
+    n = st.node
+    st.line(f"np.max({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+
+
+def _sum_ew(st):
+    n = st.node
+    full = n.attr("ew_shape")
+    expr = n.attr("expr")
+    a0, a1 = sympy.Symbol("_0", real=True), sympy.Symbol("_1", real=True)
+    ins = [st.fn.graph.nodes[i] for i in n.inputs]
+    if expr == a0 * a1 and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
+        letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
+        kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
+        return st.line(f"np.einsum('{letters},{letters}->{kept}', {st.args[0]}, {st.args[1]}, out={st.out})")
+    tmp = st.scratch(n.dtype, full)
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
+    names.update(st.fn.dim_names)
+    for text in UfuncChain(names, lambda d: st.scratch(d, full), n.dtype, st.fn.printer, n.label).run(expr, tmp):
+        st.line(text)
+    st.line(f"np.sum({tmp}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+
+
+def _logsumexp(st):
+    n, x = st.node, st.args[0]
+    xs = st.fn.graph.nodes[n.inputs[0]].shape
+    axes = n.attr("axes")
+    kshape = reduced_shape(xs, axes, True)
+    peak, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, xs)
+    ax = _axes(n)
+    result = st.out if n.attr("keepdims") else f"{st.out}.reshape({st.dims(kshape)})"
+    st.line(f"np.max({x}, axis={ax!r}, keepdims=True, out={peak})")
+    st.line(f"np.subtract({x}, {peak}, out={full})")
+    st.line(f"np.exp({full}, out={full})")
+    st.line(f"np.sum({full}, axis={ax!r}, keepdims=True, out={result})")
+    st.line(f"np.log({result}, out={result})")
+    st.line(f"np.add({result}, {peak}, out={result})")
+
+
+def _softmax_common(st, log: bool):
+    n, x = st.node, st.args[0]
+    axis = n.attr("axis")
+    kshape = reduced_shape(n.shape, (axis,), True)
+    peak = st.scratch(n.dtype, kshape)
+    st.line(f"np.max({x}, axis={axis}, keepdims=True, out={peak})")
+    st.line(f"np.subtract({x}, {peak}, out={st.out})")
+    if log:
+        full = st.scratch(n.dtype)
+        st.line(f"np.exp({st.out}, out={full})")
+        st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={peak})")
+        st.line(f"np.log({peak}, out={peak})")
+        st.line(f"np.subtract({st.out}, {peak}, out={st.out})")
+    else:
+        st.line(f"np.exp({st.out}, out={st.out})")
+        st.line(f"np.sum({st.out}, axis={axis}, keepdims=True, out={peak})")
+        st.line(f"np.divide({st.out}, {peak}, out={st.out})")
+
+
+def _label_index(st, z_shape, labels: str) -> str:
+    """Flat indices ``row·k + label`` into the logits, in an int64 scratch (no per-call allocation)."""
+    rows = st.fn.rows(z_shape[0])
+    idx = st.scratch("int64", z_shape[:-1])
+    st.line(f"np.multiply({rows}, {st.value(z_shape[-1])}, out={idx})")
+    st.line(f"np.add({idx}, {labels}, out={idx})")
+    return idx
+
+
+def _softmax_cross_entropy(st):
+    n = st.node
+    z, t = st.args
+    zs = st.fn.graph.nodes[n.inputs[0]].shape
+    axis = n.attr("axis")
+    labels_int = st.fn.graph.nodes[n.inputs[1]].dtype == "int64"
+    kshape = reduced_shape(zs, (axis,), True)
+    peak, lse, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, kshape), st.scratch(n.dtype, zs)
+    st.line(f"np.max({z}, axis={axis}, keepdims=True, out={peak})")
+    st.line(f"np.subtract({z}, {peak}, out={full})")
+    if labels_int and axis == len(zs) - 1 and len(zs) == 2:
+        st.line(f"np.exp({full}, out={full})")
+        st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={lse})")
+        st.line(f"np.log({lse}, out={lse})")
+        st.line(f"np.add({lse}, {peak}, out={lse})  # log-sum-exp of each row")
+        idx = _label_index(st, zs, t)
+        st.line(f"np.take({z}.reshape(-1), {idx}, out={st.out}, mode='clip')  # the true class's logit")
+        st.line(f"np.subtract({lse}.reshape({st.dims(n.shape)}), {st.out}, out={st.out})")
+        return
+    # general labels: -Σ t·log_softmax(z)
+    st.line(f"np.exp({full}, out={full})")
+    st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={lse})")
+    st.line(f"np.log({lse}, out={lse})")
+    st.line(f"np.add({lse}, {peak}, out={lse})")
+    st.line(f"np.subtract({z}, {lse}, out={full})  # log_softmax")
+    target = t if not labels_int else f"({st.fn.arange(zs[axis])} == np.expand_dims({t}, {axis}))"
+    st.line(f"np.multiply({full}, {target}, out={full})")
+    st.line(f"np.sum({full}, axis={axis}, out={st.out})")
+    st.line(f"np.negative({st.out}, out={st.out})")
+
+
+def _softmax_xent_grad(st):
+    """(softmax(z) − onehot(t))·c without a one-hot array: scale folded into the (m, 1) row sums."""
+    n = st.node
+    z, t, *rest = st.args
+    zs = n.shape
+    c = n.attr("scale")
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(rest)}
+    names.update(st.fn.dim_names)
+    scale = NumPyScalarPrinter(names).doprint(c)
+    kshape = reduced_shape(zs, (len(zs) - 1,), True)
+    peak = st.scratch(n.dtype, kshape)
+    st.line(f"np.max({z}, axis=-1, keepdims=True, out={peak})")
+    st.line(f"np.subtract({z}, {peak}, out={st.out})")
+    st.line(f"np.exp({st.out}, out={st.out})")
+    st.line(f"np.sum({st.out}, axis=-1, keepdims=True, out={peak})")
+    st.line(f"np.divide({scale}, {peak}, out={peak})  # the scale rides on the row sums")
+    st.line(f"np.multiply({st.out}, {peak}, out={st.out})  # softmax(z)·scale")
+    idx = _label_index(st, zs, t)
+    picked = st.scratch(n.dtype, zs[:-1])
+    flat = f"{st.out}.reshape(-1)"
+    st.line(f"np.take({flat}, {idx}, out={picked}, mode='clip')")
+    row_scale = scale if not rest else f"np.reshape({scale}, {picked}.shape)"
+    st.line(f"np.subtract({picked}, {row_scale}, out={picked})")
+    st.line(f"np.put({flat}, {idx}, {picked}, mode='clip')  # − scale at the true class")
+
+
+def _one_hot(st):
+    n = st.node
+    k = st.fn.arange(n.attr("k"))
+    st.line(f"np.equal(np.expand_dims({st.args[0]}, -1), {k}, out={st.out})")
+
+
+def _matmul(st):
+    st.line(f"np.matmul({st.args[0]}, {st.args[1]}, out={st.out})")
+
+
+def _fill(st):
+    st.line(f"{st.out}.fill({st.value(st.node.attr('value'))})")
+
+
+def _concat(st):
+    st.line(f"np.concatenate([{', '.join(st.args)}], axis={st.node.attr('axis')}, out={st.out})")
+
+
+def _index_text(st, index):
+    return ", ".join(f"{st.value(a)}:{st.value(b)}" + (f":{c}" if c != 1 else "") for a, b, c in index)
+
+
+def _unslice(st):
+    st.line(f"{st.out}.fill(0)")
+    st.line(f"{st.out}[{_index_text(st, st.node.attr('index'))}] = {st.args[0]}")
+
+
+# views: bound to a new name, no buffer
+def _reshape(st):
+    return f"{st.args[0]}.reshape({st.dims(st.node.shape)})"
+
+
+def _transpose(st):
+    return f"{st.args[0]}.transpose({st.node.attr('perm')!r})"
+
+
+def _broadcast_to(st):
+    return f"np.broadcast_to({st.args[0]}, {st.dims(st.node.shape)})"
+
+
+def _slice(st):
+    return f"{st.args[0]}[{_index_text(st, st.node.attr('index'))}]"
+
+
+EMIT = {
+    "ew": _ew, "sum": _sum, "max": _max, "sum_ew": _sum_ew, "logsumexp": _logsumexp,
+    "softmax": lambda st: _softmax_common(st, False), "log_softmax": lambda st: _softmax_common(st, True),
+    "softmax_cross_entropy": _softmax_cross_entropy, "softmax_xent_grad": _softmax_xent_grad,
+    "one_hot": _one_hot, "matmul": _matmul, "fill": _fill, "concat": _concat, "unslice": _unslice,
+}
+VIEW_EMIT = {"reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "slice": _slice}
+SOURCES = ("input", "param", "const")
+
+
+class FunctionEmitter:
+    """Emits one function computing ``roots`` (and applying ``updates`` in place) of a graph."""
+
+    def __init__(self, graph, module, fname: str):
+        self.graph, self.module, self.fname = graph, module, fname
+        self.dim_names = {d: d.name for d in module.dims}
+        self.printer = NumPyScalarPrinter(self.dim_names)
+        self.var: dict[int, str] = {}
+        self.helpers: dict[str, tuple] = {}
+        needed = graph.needed(graph.roots())
+        self.updates = {nid: name for name, nid in graph.updates.items()}
+        for name, nid in {**graph.inputs, **graph.params}.items():
+            self.var[nid] = name
+        names = Names(self.var.values())
+        for nid in sorted(needed):
+            if nid not in self.var:
+                self.var[nid] = names.fresh(self._wanted(graph.nodes[nid]))
+        self.names = names
+        keep = set(graph.outputs.values())
+        self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
+                         scratch_for=self._scratch_needs)
+
+    def _wanted(self, node) -> str:
+        if node.name:
+            return node.name
+        if node.op == "ew":
+            return _expr_label(node.attr("expr"))
+        return {"matmul": "mm", "softmax_cross_entropy": "xent", "softmax_xent_grad": "dlogits"}.get(node.op, node.op)
+
+    def _needs_buffer(self, node) -> bool:
+        return node.op not in VIEWS and node.op not in SOURCES and node.id not in self.updates
+
+    def _scratch_needs(self, node):
+        if node.op in VIEWS or node.op in SOURCES:
+            return []
+        st = Statement(self, node, self.updates.get(node.id, "_out"), None)
+        self._run(st)
+        return st.requests
+
+    def _run(self, st):
+        node = st.node
+        if node.id in self.updates:
+            return _update(st)
+        emit = EMIT.get(node.op)
+        if emit is None:
+            raise GraphError(f"{BACKEND} backend: cannot emit op {node.op!r} (node {node.label})")
+        emit(st)
+
+    def shape_text(self, shape) -> str:
+        items = [self.printer.doprint(sympy.sympify(d)) for d in shape]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+    def rows(self, n) -> str:
+        """A cached ``arange(n)`` of row numbers (int64), allocated with the buffers."""
+        return self._helper("rows", n)
+
+    def arange(self, n) -> str:
+        return self._helper("arange", n)
+
+    def _helper(self, kind, n) -> str:
+        key = f"{kind}:{n}"
+        if key not in self.helpers:
+            self.helpers[key] = (f"_{kind}{len(self.helpers)}", n)
+        return f"B[{self.helpers[key][0]!r}]"
+
+    def body(self, w: CodeWriter) -> None:
+        p = self.plan
+        for nid in p.order:
+            node = self.graph.nodes[nid]
+            if node.op in FED:
+                continue
+            comment = f"# {_describe(node)}  {shapes.fmt_x(node.shape)}"
+            name = self.var[nid]
+            if node.op == "const":
+                w.line(f"{name} = {self.module.constant(node)}  {comment}")
+                continue
+            st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
+            if node.op in VIEWS:
+                w.line(f"{name} = {VIEW_EMIT[node.op](st)}  {comment}")
+                continue
+            st.out = self.updates.get(nid) or name
+            self._run(st)
+            if nid in self.updates:
+                w.line(f"{comment} (update of {st.out}, in place)")
+                for text in st.lines:
+                    w.line(text)
+                continue
+            buf = f"B[{p.buffer_of[nid]}]"
+            if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
+                w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
+                continue
+            w.line(f"{name} = {buf}  {comment}")
+            for text in st.lines:
+                w.line(text)
+
+    def allocation(self) -> list[str]:
+        lines = []
+        for b in self.plan.buffers:
+            users = ", ".join(self.var[u] for u in b.users) or "scratch"
+            lines.append(f"np.empty({self.shape_text(b.shape)}, np.{b.dtype}),  # {users}")
+        return lines
+
+
+def _update(st):
+    """The new value of a parameter, computed into the parameter's own array."""
+    node = st.node
+    if node.op != "ew":
+        st.line(f"np.copyto({st.out}, {st.args[0]})")
+        return
+    _ew(st)
+
+
+def _expr_label(expr) -> str:
+    if expr.is_Add:
+        return "add" if all(not (a.as_coeff_Mul()[0] < 0) for a in expr.args) else "sub"
+    if expr.is_Mul:
+        return "mul"
+    if expr.is_Pow:
+        return "pow"
+    return type(expr).__name__.lower()
+
+
+def _describe(node) -> str:
+    if node.op == "ew":
+        return f"{_expr_label(node.attr('expr'))}: {_readable(node.attr('expr'))}"
+    details = [f"{k}={v}" for k, v in node.attrs if k in ("axes", "axis", "keepdims", "perm", "k")]
+    return node.op + (f" ({', '.join(details)})" if details else "")
+
+
+def _readable(expr) -> str:
+    text = str(expr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class ModuleEmitter:
+    """The whole generated module: docstring, checks, buffers, run / init_params / train_step."""
+
+    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
+        self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
+        self.dims = graph.dims()
+        self.constants: dict[int, tuple[str, str]] = {}
+        self.check_numerics = check_numerics
+
+    def constant(self, node) -> str:
+        if node.id not in self.constants:
+            data, shape, dtype = node.attr("value")
+            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+            name = f"_CONST{len(self.constants)}"
+            self.constants[node.id] = (name, f"np.array({arr.tolist()!r}, dtype=np.{dtype})")
+        return self.constants[node.id][0]
+
+    def source(self) -> str:
+        w = CodeWriter()
+        g = self.graph
+        fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
+        if self.train_graph is not None:
+            fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
+        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} (NumPy backend, opt level {self.opt_level}).')
+        w.line("")
+        w.line("Standalone: needs only NumPy. Call run(feeds) for the outputs"
+               + (", train_step(params, batch) for one SGD step." if self.train_graph is not None else "."))
+        w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+        w.line("")
+        for title, table in (("Inputs", g.inputs), ("Params", g.params), ("Outputs", g.outputs)):
+            w.line(f"{title}:")
+            for name, nid in table.items():
+                node = g.nodes[nid]
+                extra = f", init {node.attr('init')[0]}" if node.op == "param" else ""
+                w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}{extra}")
+        w.line('"""')
+        w.line("import numpy as np")
+        w.line("")
+        body = {}
+        for fname, fe in fns:
+            cw = CodeWriter()
+            cw.depth = 1
+            fe.body(cw)
+            body[fname] = cw
+        for name, text in self.constants.values():
+            w.line(f"{name} = {text}")
+        w.line(f"DIMS = {tuple(d.name for d in self.dims)!r}")
+        w.line("INPUTS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
+                                        for n, i in g.inputs.items()) + "}")
+        w.line("PARAMS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r}, "
+                                        f"{g.nodes[i].attr('init')!r})" for n, i in g.params.items()) + "}")
+        w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
+        w.line("")
+        self._checks(w)
+        for fname, fe in fns:
+            self._buffers(w, fname, fe)
+            args = ", ".join(["B", *(d.name for d in self.dims), *fe.graph.inputs, *fe.graph.params])
+            w.line("")
+            with w.block(f"def {fname}({args}):"):
+                w.lines.extend(body[fname].lines)
+                outs = ", ".join(f"{n!r}: {fe.var[i]}" for n, i in fe.graph.outputs.items())
+                w.line(f"return {{{outs}}}")
+            w.line("")
+        self._api(w, fns)
+        w.line("")
+        w.line("")
+        w.lines.extend(inspect.getsource(init_array).rstrip().splitlines())
+        return w.text()
+
+    def _checks(self, w: CodeWriter) -> None:
+        w.line("")
+        with w.block("def _check(feeds, names):"):
+            w.line('"""Validate feeds against the declared inputs; returns the bound dims, in DIMS order."""')
+            with w.block("if not isinstance(feeds, dict):"):
+                w.line('raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")')
+            w.line("extra = sorted(set(feeds) - set(names))")
+            with w.block("if extra:"):
+                w.line('raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")')
+            w.line("missing = [n for n in names if n not in feeds]")
+            with w.block("if missing:"):
+                w.line('raise ValueError(f"missing feeds {missing}: " + ", ".join('
+                       'f"{n} {_SPEC[n][0]}" for n in missing))')
+            for d in self.dims:
+                w.line(f"{d.name} = {self._binding(d)}")
+            with w.block("for name in names:"):
+                w.line("shape, dtype = _SPEC[name]")
+                w.line("value = feeds[name]")
+                w.line(f"expected = _SHAPES[name]({', '.join(d.name for d in self.dims)})")
+                with w.block("if not isinstance(value, np.ndarray) or value.dtype != np.dtype(dtype):"):
+                    w.line('got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__')
+                    w.line('raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")')
+                with w.block("if value.shape != expected:"):
+                    w.line('raise ValueError(f"{name} expects shape {shape} = {expected}, got {value.shape}")')
+            w.line(f"return ({''.join(d.name + ', ' for d in self.dims)})")
+        w.line("")
+        g = self.graph
+        spec = {**g.inputs, **g.params}
+        w.line("_SPEC = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
+                                       for n, i in spec.items()) + "}")
+        dims = ", ".join(d.name for d in self.dims)
+        printer = NumPyScalarPrinter()
+        w.line("_SHAPES = {")
+        for n, i in spec.items():
+            dims_text = ", ".join(printer.doprint(d) for d in g.nodes[i].shape)
+            tup = f"({dims_text},)" if len(g.nodes[i].shape) == 1 else f"({dims_text})"
+            w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))
+        w.line("}")
+
+    def _binding(self, d) -> str:
+        """How a symbolic dim is read off the feeds: the first axis that is exactly that dim."""
+        g = self.graph
+        for name, nid in g.inputs.items():
+            for axis, e in enumerate(g.nodes[nid].shape):
+                if e == d:
+                    return f'_shape_of(feeds, {name!r}, {axis})'
+        for name, nid in g.inputs.items():
+            for axis, e in enumerate(g.nodes[nid].shape):
+                if d in e.free_symbols:
+                    n = sympy.Symbol("_n")
+                    (solution,) = sympy.solve(sympy.Eq(e, n), d)
+                    text = NumPyScalarPrinter({n: f"_shape_of(feeds, {name!r}, {axis})"}).doprint(solution)
+                    return f"int({text})"
+        raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}")
+
+    def _buffers(self, w: CodeWriter, fname: str, fe: FunctionEmitter) -> None:
+        dims = ", ".join(d.name for d in self.dims)
+        w.line("")
+        with w.block(f"def {fname}_allocate({dims}):"):
+            w.line('"""The buffers of one call, planned from liveness and reused across nodes."""')
+            w.line("B = [")
+            for text in fe.allocation():
+                w.line("    " + text)
+            w.line("]")
+            w.line("return _Buffers(B, {" + ", ".join(
+                f"{hname!r}: np.arange({fe.printer.doprint(sympy.sympify(n))}, dtype=np.int64)"
+                for hname, n in fe.helpers.values()) + "})")
+        w.line("")
+        w.line(f"{fname}_cache = {{}}")
+
+    def _api(self, w: CodeWriter, fns) -> None:
+        g = self.graph
+        dims = ", ".join(d.name for d in self.dims)
+        w.line("")
+        with w.block("class _Buffers(list):"):
+            w.line('"""Planned buffers by index, plus named helper arrays (row numbers) by key."""')
+            with w.block("def __init__(self, arrays, named):"):
+                w.line("super().__init__(arrays)")
+                w.line("self.named = named")
+            with w.block("def __getitem__(self, key):"):
+                w.line("return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)")
+        w.line("")
+        with w.block("def _shape_of(feeds, name, axis):"):
+            w.line("value = feeds[name]")
+            with w.block("if not isinstance(value, np.ndarray) or value.ndim <= axis:"):
+                w.line('raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got "')
+                w.line('                 f"{getattr(value, \'shape\', type(value).__name__)}")')
+            w.line("return value.shape[axis]")
+        w.line("")
+        w.line("")
+        inputs = list(g.inputs)
+        params = list(g.params)
+        with w.block("def run(feeds):"):
+            w.line('"""The graph\'s outputs (fresh arrays) for feeds: every input and param by name."""')
+            w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
+            w.line("B = _compute_cache.get(dims)")
+            with w.block("if B is None:"):
+                w.line("B = _compute_cache[dims] = _compute_allocate(*dims)")
+            args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
+            w.line(f"out = _compute(B, *dims, {args})")
+            w.line("return {name: np.array(value, copy=True) for name, value in out.items()}")
+        w.line("")
+        w.line("")
+        with w.block("def init_params(seed=0):"):
+            w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
+            w.line("return {name: init_array(spec[2], _SHAPES[name](" + ", ".join("1" for _ in self.dims)
+                   + "), spec[1], seed, index) for index, (name, spec) in enumerate(PARAMS.items())}")
+        if len(fns) > 1:
+            w.line("")
+            w.line("")
+            with w.block("def train_step(params, batch):"):
+                w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
+                w.line(f"dims = _check({{**params, **batch}}, {tuple(inputs + params)!r})")
+                w.line("B = _train_cache.get(dims)")
+                with w.block("if B is None:"):
+                    w.line("B = _train_cache[dims] = _train_allocate(*dims)")
+                args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params)])
+                w.line(f"return _train(B, *dims, {args})")
+        del dims

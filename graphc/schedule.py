@@ -1,0 +1,81 @@
+"""Scheduling for the emitters: statement order, liveness, and a buffer plan that reuses memory.
+
+Order is ascending node id (topological and deterministic). Views (reshape, transpose, broadcast_to,
+slice) share their source's storage, so a buffer stays live until the last reader of any view of it.
+Buffers are keyed by (symbolic shape, dtype); a dead buffer is reused by the next node of the same key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VIEWS = ("reshape", "transpose", "broadcast_to", "slice")
+FED = ("input", "param")
+
+
+@dataclass
+class Buffer:
+    index: int
+    shape: tuple
+    dtype: str
+    users: list = field(default_factory=list)  # node ids stored here, for the allocation comment
+
+
+@dataclass
+class Plan:
+    order: list[int]
+    buffer_of: dict[int, int]  # node id -> buffer index (nodes computed into a planned buffer)
+    buffers: list[Buffer]
+    last_use: dict[int, int]  # storage root id -> position of its last reader
+    storage: dict[int, int]  # node id -> id of the node that owns its memory (itself unless a view)
+    scratch: dict[int, list[int]] = field(default_factory=dict)  # node id -> scratch buffer indices
+
+
+def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Plan:
+    """Plan ``nodes`` (ids) of ``graph``. ``keep_alive`` ids (outputs) are never overwritten.
+
+    ``needs_buffer(node)`` says whether a node gets a planned buffer (default: all but sources and views);
+    ``scratch_for(node)`` lists (shape, dtype) of the temporaries its statements need.
+    """
+    order = sorted(nodes)
+    position = {nid: i for i, nid in enumerate(order)}
+    storage = {}
+    for nid in order:
+        node = graph.nodes[nid]
+        storage[nid] = storage.get(node.inputs[0], node.inputs[0]) if node.op in VIEWS else nid
+    end = len(order)
+    last_use = {}
+    for nid in order:
+        for src in graph.nodes[nid].inputs:
+            root = storage.get(src, src)
+            last_use[root] = max(last_use.get(root, -1), position[nid])
+    for nid in keep_alive:
+        last_use[storage.get(nid, nid)] = end
+    needs_buffer = needs_buffer or (lambda n: n.op not in VIEWS and n.op not in FED and n.op != "const")
+    buffers: list[Buffer] = []
+    free: dict[tuple, list[int]] = {}
+    buffer_of, scratch = {}, {}
+    expiring: dict[int, list[int]] = {}
+
+    def take(shape, dtype):
+        key = (tuple(shape), dtype)
+        if free.get(key):
+            return free[key].pop(0)
+        buffers.append(Buffer(len(buffers), tuple(shape), dtype))
+        return len(buffers) - 1
+
+    for i, nid in enumerate(order):
+        node = graph.nodes[nid]
+        if needs_buffer(node):
+            b = buffer_of[nid] = take(node.shape, node.dtype)
+            buffers[b].users.append(nid)
+            expiring.setdefault(max(last_use.get(nid, i), i), []).append(b)
+        temps = [take(shape, dtype) for shape, dtype in (scratch_for(node) if scratch_for else [])]
+        if temps:
+            scratch[nid] = temps
+        for b in temps:  # scratch lives only within the node's own statements
+            free.setdefault((buffers[b].shape, buffers[b].dtype), []).append(b)
+        for b in expiring.pop(i, []):
+            free.setdefault((buffers[b].shape, buffers[b].dtype), []).append(b)
+        for key in free:
+            free[key].sort()
+    return Plan(order, buffer_of, buffers, last_use, storage, scratch)
