@@ -300,16 +300,17 @@ def _pool_infer(op):
 
 
 def _routed_infer(op: str, to_input: bool):
-    """``max_pool2d_grad(x, g)`` sends ``g`` (pooled) to ``x``'s shape; ``max_pool2d_gather(x, u)`` pools ``u``."""
+    """``max_pool2d_grad(x, y, g)``: ``y`` (the pooled ``x``) and ``g`` are pooled-shaped, the result input-shaped;
+    ``max_pool2d_gather(x, u)``: ``u`` is input-shaped, the result pooled-shaped."""
     def infer(nodes, attrs):
-        x, other = nodes
-        hw, out_hw = _pool_geometry(op, x, attrs, x, other)
-        role = "output gradient" if to_input else "input-shaped operand"
-        _check_nchw(op, other, role, "(m, C, ·, ·)", x, other)
-        if tuple(other.shape[:2]) != tuple(x.shape[:2]):
-            raise fail(op, f"{role} must have the batch and channel dims of the input", x, other)
-        _check_spatial(op, other, role, out_hw if to_input else hw, x, other)
-        return _with_hw(x, hw if to_input else out_hw), promote(x.dtype, other.dtype)
+        x, *others = nodes
+        hw, out_hw = _pool_geometry(op, x, attrs, *nodes)
+        for other in others:
+            _check_nchw(op, other, "operand", "(m, C, ·, ·)", *nodes)
+            if tuple(other.shape[:2]) != tuple(x.shape[:2]):
+                raise fail(op, "operands must have the batch and channel dims of the input", *nodes)
+            _check_spatial(op, other, "operand", out_hw if to_input else hw, *nodes)
+        return _with_hw(x, hw if to_input else out_hw), promote(*(n.dtype for n in nodes))
     return infer
 
 
@@ -322,8 +323,10 @@ def _avg_pool_grad_infer(nodes, attrs):
     return _with_hw(g, hw), g.dtype
 
 
-def _max_pool_grad(x: Tensor, g: Tensor, kernel, stride) -> Tensor:
-    return apply("max_pool2d_grad", [x, g], kernel=kernel, stride=stride)
+def max_pool2d_grad(x: Tensor, g: Tensor, kernel, stride) -> Tensor:
+    """``g`` routed to the first maximum of each window of ``x``; reads the pooled ``x`` to find the maxima."""
+    y = apply("max_pool2d", [x], kernel=kernel, stride=stride)  # hash-consing reuses the forward node
+    return apply("max_pool2d_grad", [x, y, g], kernel=kernel, stride=stride)
 
 
 def max_pool2d_gather(x: Tensor, u: Tensor, kernel, stride) -> Tensor:
@@ -334,13 +337,13 @@ def max_pool2d_gather(x: Tensor, u: Tensor, kernel, stride) -> Tensor:
 # x only selects where the gradient goes: the derivative w.r.t. it is zero wherever it is defined
 defop("max_pool2d", "conv", infer=_pool_infer("max_pool2d"),
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).max(axis=(4, 5)),
-      vjp=lambda out, g, x, kernel, stride: [_max_pool_grad(x, g, kernel, stride)])
+      vjp=lambda out, g, x, kernel, stride: [max_pool2d_grad(x, g, kernel, stride)])
 defop("max_pool2d_grad", "conv", infer=_routed_infer("max_pool2d_grad", True),
-      impl=_impl(max_pool2d_grad_ref, "kernel", "stride"),
-      vjp=lambda out, u, x, g, kernel, stride: [None, max_pool2d_gather(x, u, kernel, stride)])
+      impl=lambda node, env, x, y, g: _impl(max_pool2d_grad_ref, "kernel", "stride")(node, env, x, g),
+      vjp=lambda out, u, x, y, g, kernel, stride: [None, None, max_pool2d_gather(x, u, kernel, stride)])
 defop("max_pool2d_gather", "conv", infer=_routed_infer("max_pool2d_gather", False),
       impl=_impl(max_pool2d_gather_ref, "kernel", "stride"),
-      vjp=lambda out, g, x, u, kernel, stride: [None, _max_pool_grad(x, g, kernel, stride)])
+      vjp=lambda out, g, x, u, kernel, stride: [None, max_pool2d_grad(x, g, kernel, stride)])
 
 defop("avg_pool2d", "conv", infer=_pool_infer("avg_pool2d"),
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).mean(axis=(4, 5)),
