@@ -48,12 +48,20 @@ class Statement:
 
 
 # -- per-op emitters: emit(st) appends lines computing st.node into st.out -------------------------
-def _ew(st):
+def _chain(st, expr, out: str, full_shape) -> None:
+    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``)."""
     names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
     names.update(st.fn.dim_names)
-    chain = UfuncChain(names, st.scratch, st.node.dtype, st.fn.printer, f"node {st.node.label}")
-    for text in chain.run(st.node.attr("expr"), st.out):
+    ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
+    small = {a: n.dtype for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
+    chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
+                       f"node {st.node.label}", small)
+    for text in chain.run(expr, out):
         st.line(text)
+
+
+def _ew(st):
+    _chain(st, st.node.attr("expr"), st.out, st.node.shape)
 
 
 def _axes(node):
@@ -63,12 +71,12 @@ def _axes(node):
 
 def _sum(st):
     n = st.node
-    st.line(f"np.sum({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+    st.line(f"np.add.reduce({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
 
 
 def _max(st):
     n = st.node
-    st.line(f"np.max({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+    st.line(f"np.maximum.reduce({st.args[0]}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
 
 
 def _sum_ew(st):
@@ -77,16 +85,22 @@ def _sum_ew(st):
     expr = n.attr("expr")
     a0, a1 = sympy.Symbol("_0", real=True), sympy.Symbol("_1", real=True)
     ins = [st.fn.graph.nodes[i] for i in n.inputs]
-    if expr == a0 * a1 and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
+    pair = [st.args[0], st.args[1]] if expr == a0 * a1 else [st.args[0]] * 2 if expr == a0**2 else None
+    if pair and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
         letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
         kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
-        return st.line(f"np.einsum('{letters},{letters}->{kept}', {st.args[0]}, {st.args[1]}, out={st.out})")
+        return st.line(f"np.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
     tmp = st.scratch(n.dtype, full)
-    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
-    names.update(st.fn.dim_names)
-    for text in UfuncChain(names, lambda d: st.scratch(d, full), n.dtype, st.fn.printer, n.label).run(expr, tmp):
-        st.line(text)
-    st.line(f"np.sum({tmp}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+    _chain(st, expr, tmp, full)
+    st.line(f"np.add.reduce({tmp}, axis={_axes(n)!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+
+
+def _rows(st, ufunc: str, a: str, row: str, out: str, shape=None) -> None:
+    """``ufunc(a, row)`` with ``row`` broadcast (a per-row statistic), staged at full size with ``np.copyto``:
+    a broadcasting ufunc call makes NumPy allocate an iteration buffer on every call."""
+    stage = out if out != a else st.scratch(st.node.dtype, shape)
+    st.line(f"np.copyto({stage}, {row})")
+    st.line(f"np.{ufunc}({a}, {stage}, out={out})")
 
 
 def _logsumexp(st):
@@ -97,10 +111,10 @@ def _logsumexp(st):
     peak, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, xs)
     ax = _axes(n)
     result = st.out if n.attr("keepdims") else f"{st.out}.reshape({st.dims(kshape)})"
-    st.line(f"np.max({x}, axis={ax!r}, keepdims=True, out={peak})")
-    st.line(f"np.subtract({x}, {peak}, out={full})")
+    st.line(f"np.maximum.reduce({x}, axis={ax!r}, keepdims=True, out={peak})")
+    _rows(st, "subtract", x, peak, full)
     st.line(f"np.exp({full}, out={full})")
-    st.line(f"np.sum({full}, axis={ax!r}, keepdims=True, out={result})")
+    st.line(f"np.add.reduce({full}, axis={ax!r}, keepdims=True, out={result})")
     st.line(f"np.log({result}, out={result})")
     st.line(f"np.add({result}, {peak}, out={result})")
 
@@ -110,18 +124,18 @@ def _softmax_common(st, log: bool):
     axis = n.attr("axis")
     kshape = reduced_shape(n.shape, (axis,), True)
     peak = st.scratch(n.dtype, kshape)
-    st.line(f"np.max({x}, axis={axis}, keepdims=True, out={peak})")
-    st.line(f"np.subtract({x}, {peak}, out={st.out})")
+    st.line(f"np.maximum.reduce({x}, axis={axis}, keepdims=True, out={peak})")
+    _rows(st, "subtract", x, peak, st.out)
+    full = st.scratch(n.dtype)
     if log:
-        full = st.scratch(n.dtype)
         st.line(f"np.exp({st.out}, out={full})")
-        st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={peak})")
+        st.line(f"np.add.reduce({full}, axis={axis}, keepdims=True, out={peak})")
         st.line(f"np.log({peak}, out={peak})")
-        st.line(f"np.subtract({st.out}, {peak}, out={st.out})")
     else:
         st.line(f"np.exp({st.out}, out={st.out})")
-        st.line(f"np.sum({st.out}, axis={axis}, keepdims=True, out={peak})")
-        st.line(f"np.divide({st.out}, {peak}, out={st.out})")
+        st.line(f"np.add.reduce({st.out}, axis={axis}, keepdims=True, out={peak})")
+    st.line(f"np.copyto({full}, {peak})")
+    st.line(f"np.{'subtract' if log else 'divide'}({st.out}, {full}, out={st.out})")
 
 
 def _label_index(st, z_shape, labels: str) -> str:
@@ -141,11 +155,11 @@ def _softmax_cross_entropy(st):
     labels_int = st.fn.graph.nodes[n.inputs[1]].dtype == "int64"
     kshape = reduced_shape(zs, (axis,), True)
     peak, lse, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, kshape), st.scratch(n.dtype, zs)
-    st.line(f"np.max({z}, axis={axis}, keepdims=True, out={peak})")
-    st.line(f"np.subtract({z}, {peak}, out={full})")
+    st.line(f"np.maximum.reduce({z}, axis={axis}, keepdims=True, out={peak})")
+    _rows(st, "subtract", z, peak, full, zs)
     if labels_int and axis == len(zs) - 1 and len(zs) == 2:
         st.line(f"np.exp({full}, out={full})")
-        st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={lse})")
+        st.line(f"np.add.reduce({full}, axis={axis}, keepdims=True, out={lse})")
         st.line(f"np.log({lse}, out={lse})")
         st.line(f"np.add({lse}, {peak}, out={lse})  # log-sum-exp of each row")
         idx = _label_index(st, zs, t)
@@ -154,13 +168,18 @@ def _softmax_cross_entropy(st):
         return
     # general labels: -Σ t·log_softmax(z)
     st.line(f"np.exp({full}, out={full})")
-    st.line(f"np.sum({full}, axis={axis}, keepdims=True, out={lse})")
+    st.line(f"np.add.reduce({full}, axis={axis}, keepdims=True, out={lse})")
     st.line(f"np.log({lse}, out={lse})")
     st.line(f"np.add({lse}, {peak}, out={lse})")
-    st.line(f"np.subtract({z}, {lse}, out={full})  # log_softmax")
-    target = t if not labels_int else f"({st.fn.arange(zs[axis])} == np.expand_dims({t}, {axis}))"
-    st.line(f"np.multiply({full}, {target}, out={full})")
-    st.line(f"np.sum({full}, axis={axis}, out={st.out})")
+    _rows(st, "subtract", z, lse, full, zs)  # log_softmax
+    if labels_int:
+        mask = st.scratch("bool", zs)
+        classes = st.dims(tuple(d if i == axis else 1 for i, d in enumerate(zs)))
+        st.line(f"np.equal(np.expand_dims({t}, {axis}), {st.fn.arange(zs[axis])}.reshape({classes}), out={mask})")
+        st.line(f"np.copyto({full}, 0, where=~{mask})")
+    else:
+        st.line(f"np.multiply({full}, {t}, out={full})")
+    st.line(f"np.add.reduce({full}, axis={axis}, out={st.out})")
     st.line(f"np.negative({st.out}, out={st.out})")
 
 
@@ -175,12 +194,12 @@ def _softmax_xent_grad(st):
     scale = NumPyScalarPrinter(names).doprint(c)
     kshape = reduced_shape(zs, (len(zs) - 1,), True)
     peak = st.scratch(n.dtype, kshape)
-    st.line(f"np.max({z}, axis=-1, keepdims=True, out={peak})")
-    st.line(f"np.subtract({z}, {peak}, out={st.out})")
+    st.line(f"np.maximum.reduce({z}, axis=-1, keepdims=True, out={peak})")
+    _rows(st, "subtract", z, peak, st.out)
     st.line(f"np.exp({st.out}, out={st.out})")
-    st.line(f"np.sum({st.out}, axis=-1, keepdims=True, out={peak})")
+    st.line(f"np.add.reduce({st.out}, axis=-1, keepdims=True, out={peak})")
     st.line(f"np.divide({scale}, {peak}, out={peak})  # the scale rides on the row sums")
-    st.line(f"np.multiply({st.out}, {peak}, out={st.out})  # softmax(z)·scale")
+    _rows(st, "multiply", st.out, peak, st.out)  # softmax(z)·scale
     idx = _label_index(st, zs, t)
     picked = st.scratch(n.dtype, zs[:-1])
     flat = f"{st.out}.reshape(-1)"
@@ -625,29 +644,38 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
-        with w.block("def _check(feeds, names):"):
-            w.line('"""Validate feeds against the declared inputs; returns the bound dims, in DIMS order."""')
+        with w.block("def _check(feeds, names, dims=None):"):
+            w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
+            with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):
+                w.line("_explain(feeds, names)")
+            with w.block("for name in names:"):
+                with w.block("if name not in feeds:"):
+                    w.line("_explain(feeds, names)")
+            with w.block("if dims is None:"):
+                for d in self.dims:
+                    w.line(f"{d.name} = {self._binding(d)}")
+                w.line(f"dims = ({''.join(d.name + ', ' for d in self.dims)})")
+            with w.block("for name in names:"):
+                w.line("value = feeds[name]")
+                w.line("shape, dtype = _SPEC[name]")
+                with w.block("if type(value) is not np.ndarray or value.dtype != dtype:"):
+                    w.line('got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__')
+                    w.line('raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")')
+                with w.block("if value.shape != _SHAPES[name](*dims):"):
+                    w.line('raise ValueError(f"{name} expects shape {shape} = {_SHAPES[name](*dims)}, "')
+                    w.line('                 f"got {value.shape}")')
+            w.line("return dims")
+        w.line("")
+        w.line("")
+        with w.block("def _explain(feeds, names):"):
+            w.line('"""The error for feeds that are not a dict of exactly the expected names."""')
             with w.block("if not isinstance(feeds, dict):"):
                 w.line('raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")')
             w.line("extra = sorted(set(feeds) - set(names))")
             with w.block("if extra:"):
                 w.line('raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")')
             w.line("missing = [n for n in names if n not in feeds]")
-            with w.block("if missing:"):
-                w.line('raise ValueError(f"missing feeds {missing}: " + ", ".join('
-                       'f"{n} {_SPEC[n][0]}" for n in missing))')
-            for d in self.dims:
-                w.line(f"{d.name} = {self._binding(d)}")
-            with w.block("for name in names:"):
-                w.line("shape, dtype = _SPEC[name]")
-                w.line("value = feeds[name]")
-                w.line(f"expected = _SHAPES[name]({', '.join(d.name for d in self.dims)})")
-                with w.block("if not isinstance(value, np.ndarray) or value.dtype != np.dtype(dtype):"):
-                    w.line('got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__')
-                    w.line('raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")')
-                with w.block("if value.shape != expected:"):
-                    w.line('raise ValueError(f"{name} expects shape {shape} = {expected}, got {value.shape}")')
-            w.line(f"return ({''.join(d.name + ', ' for d in self.dims)})")
+            w.line('raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))')
         w.line("")
         g = self.graph
         spec = {**g.inputs, **g.params}
@@ -659,7 +687,7 @@ class ModuleEmitter:
         for n, i in spec.items():
             dims_text = ", ".join(printer.doprint(d) for d in g.nodes[i].shape)
             tup = f"({dims_text},)" if len(g.nodes[i].shape) == 1 else f"({dims_text})"
-            w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))
+            w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))  # shape at the bound dims
         w.line("}")
 
     def _binding(self, d) -> str:
@@ -735,7 +763,8 @@ class ModuleEmitter:
             w.line("")
             with w.block("def train_step(params, batch):"):
                 w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
-                w.line(f"dims = _check({{**params, **batch}}, {tuple(inputs + params)!r})")
+                w.line(f"dims = _check(batch, {tuple(inputs)!r})")
+                w.line(f"_check(params, {tuple(params)!r}, dims)")
                 w.line("B = _train_cache.get(dims)")
                 with w.block("if B is None:"):
                     w.line("B = _train_cache[dims] = _train_allocate(*dims)")

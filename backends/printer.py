@@ -86,10 +86,13 @@ class UfuncChain:
     subexpression goes to scratch, so it is read before it is written.
     """
 
-    def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str):
+    def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str,
+                 small: dict | None = None):
         self.names, self.scratch, self.dtype, self.printer = names, scratch, dtype, printer
         self.lines: list[str] = []
         self.op_label = op_label
+        self.small = small or {}  # variable -> dtype, for inputs smaller than the result (broadcast)
+        self.dtypes: dict[str, str] = {}  # temporary -> dtype, where it is not the result's
 
     def run(self, expr, target: str) -> list[str]:
         replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("_cse"), optimizations=None)
@@ -113,12 +116,36 @@ class UfuncChain:
         return self._materialize(expr, bool_result(expr))
 
     def _materialize(self, expr, boolean: bool) -> str:
-        tmp = self.scratch("bool" if boolean else self.dtype)
+        tmp = self.temp("bool" if boolean else self.dtype)
         self.into(expr, tmp)
         return tmp
 
     def emit(self, ufunc: str, *args: str, out: str) -> None:
+        args = list(args)
+        if any(a in self.small for a in args):
+            self._stage(args, out)
         self.lines.append(f"np.{ufunc}({', '.join(args)}, out={out})")
+
+    def _stage(self, args: list, out: str) -> None:
+        """Copy broadcast operands to full size first: a broadcasting ufunc call makes NumPy allocate an
+        iteration buffer on every call, while ``np.copyto`` broadcasts without one."""
+        out_free = out not in args
+        for i, a in enumerate(args):
+            if a not in self.small:
+                continue
+            dtype = self.small[a]
+            target = out if out_free and dtype == self.out_dtype(out) else self.temp(dtype)
+            self.lines.append(f"np.copyto({target}, {a})")
+            args[i] = target
+            out_free = out_free and target != out
+
+    def out_dtype(self, out: str) -> str:
+        return self.dtypes.get(out, self.dtype)
+
+    def temp(self, dtype: str) -> str:
+        tmp = self.scratch(dtype)
+        self.dtypes[tmp] = dtype
+        return tmp
 
     def into(self, expr, out: str) -> None:
         """Statements that leave the value of ``expr`` in ``out``."""
@@ -129,6 +156,12 @@ class UfuncChain:
         if expr.is_Add:
             return self._fold(expr.args, out, "add", "subtract", _negated)
         if expr.is_Mul:
+            masks = [a for a in expr.args if _is_mask(a)]
+            if masks and len(masks) < len(expr.args):  # x·[c]: compute x, then zero where not c
+                self.into(sympy.Mul(*(a for a in expr.args if not _is_mask(a))), out)
+                for mask in masks:
+                    self.zero_unless(mask.args[0], out)
+                return None
             return self._fold(expr.args, out, "multiply", "divide", _inverted)
         if expr.is_Pow:
             return self._pow(expr, out)
@@ -153,6 +186,16 @@ class UfuncChain:
         if isinstance(expr, Where):
             return self._where(expr, out)
         raise GraphError(f"numpy backend: cannot emit {expr.func.__name__} in {self.op_label}")
+
+    def zero_unless(self, cond, out: str) -> None:
+        """``out`` set to 0 where ``cond`` fails; a masked copy, so no bool→float cast buffers."""
+        negated = cond.negated if isinstance(cond, Relational) else sympy.Not(cond)
+        mask = self.temp("bool")
+        if isinstance(negated, Relational):
+            self.emit(COMPARE[type(negated)], *(self.operand(a) for a in negated.args), out=mask)
+        else:
+            self.emit("logical_not", self.operand(cond), out=mask)
+        self.lines.append(f"np.copyto({out}, 0, where={mask})")
 
     def _call(self, ufunc: str, args, out: str) -> None:
         ops = self._operands(args, out)
@@ -220,7 +263,7 @@ class UfuncChain:
             value, keep_if = (a, True) if b == 0 else (b, False)
             c = self.operand(cond)
             if not keep_if:
-                mask = self.scratch("bool")
+                mask = self.temp("bool")
                 self.emit("logical_not", c, out=mask)
                 c = mask
             if value == 1:

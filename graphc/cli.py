@@ -69,5 +69,48 @@ def command(name: str, adder):
     return register
 
 
+def _compile_args(p) -> None:
+    p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2, help="optimization level")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--loss", help="output to train on (default: 'loss' when the graph has it)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the training step")
+    p.add_argument("--disable", nargs="*", default=(), metavar="PASS", help="passes to switch off")
+
+
+def _build_args(p) -> None:
+    p.add_argument("-o", "--out", default="build", help="output directory (default: build)")
+    p.add_argument("--force", action="store_true", help="overwrite files graphc did not generate")
+    _compile_args(p)
+
+
+def _compile(g, args):
+    from graphc.program import compile as compile_graph
+    from graphc.train import SGD
+    loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
+    return compile_graph(g, backend=args.backend, opt_level=args.opt_level, loss=loss,
+                         optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
+
+
+@command("build", _build_args)
+def build(args) -> int:
+    """Write DIR/<graph>_<backend>.py for each graph in MODEL.py."""
+    from graphc.program import safe_write
+    for g in load_graphs(args.model, args.graph):
+        prog = _compile(g, args)
+        path = safe_write(Path(args.out) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
+        steps = "run, init_params" + (", train_step" if "def train_step" in prog.source else "")
+        print(f"wrote {path} ({steps})")
+    return 0
+
+
+@command("explain", _compile_args)
+def explain(args) -> int:
+    """Print what each optimization pass did, and the cost of the emitted code."""
+    from graphc.explain import report
+    for g in load_graphs(args.model, args.graph):
+        print(report(g, _compile(g, args)))
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
 """The NumPy backend: every op and model, at every opt level, matches the reference evaluator."""
+import numpy as np
 import pytest
 
 import graphc as gc
@@ -34,3 +35,16 @@ def test_every_op_case_matches_reference(op, index, opt_level):
 def test_models_match_reference(name, dtype, opt_level):
     g, feeds = MODELS[name](dtype=dtype)
     assert_matches_reference(g, feeds_with_params(g, feeds), opt_level, dtype)
+
+
+@pytest.mark.parametrize("axis", [0, -1])
+def test_cross_entropy_with_integer_labels_on_any_axis(axis):
+    with gc.Graph("xent_axis") as g:
+        z = gc.input("z", (3, 5), dtype="float64")
+        t = gc.input("t", (5,) if axis == 0 else (3,), dtype="int64")
+        loss = gc.mean(gc.softmax_cross_entropy(z, t, axis=axis))
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    rng = np.random.default_rng(0)
+    feeds = {"z": rng.normal(size=(3, 5)), "t": rng.integers(0, 3 if axis == 0 else 5, size=5 if axis == 0 else 3)}
+    for level in (0, 1, 2):
+        assert_matches_reference(g, feeds, level)

@@ -19,7 +19,7 @@ def fuse_softmax_xent(graph, notes):
 
     def rule(rb, node):
         ins = [rb.arg(i) for i in node.inputs]
-        if node.op == "ew" and node.phase != "forward" and len(node.inputs) >= 2:
+        if node.op == "ew" and node.phase != "forward" and len(node.inputs) >= 2 and not graph.grads:
             fused = _gradient(rb, node, ins, private)
             if fused is not None:
                 notes.note(f"(softmax(z) − onehot(t))·g -> softmax_xent_grad at {graph.display_name(node.id)}")

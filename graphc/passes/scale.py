@@ -6,6 +6,12 @@ from graphc.ops.elementwise import arg
 from graphc.passes.rewrite import add_ew
 
 LINEAR = ("matmul", "sum", "reshape", "transpose", "broadcast_to")
+TYPICAL = 1024  # the size symbolic dims are assumed to take when comparing costs
+
+
+def cost(node) -> int:
+    """Elements a scaling of ``node`` touches, with symbolic dims at a typical size."""
+    return int(sympy.Mul(*node.shape).subs({s: TYPICAL for s in sympy.Mul(*node.shape).free_symbols}))
 
 
 def scalar_factor(node):
@@ -17,12 +23,13 @@ def scalar_factor(node):
 
 
 def scale(graph, notes):
-    """c·linear(ew(x)) -> linear(ew(c·x)); A @ fill(c) -> c·sum(A) broadcast
+    """c·linear(ew(x)) -> linear(ew(c·x)) where x is smaller; A @ fill(c) -> c·sum(A) broadcast
 
-    Scalar factors commute with linear ops (matmul, sum, reshape, transpose, broadcast_to). A factor that
-    would cost a statement of its own on a big array is moved into the elementwise kernel that produces the
-    linear op's operand (or, across a broadcast, onto the smaller array), where it rides for free.
-    A matmul with an all-constant operand becomes a sum, so no array of ones or of 1/m is materialized.
+    Scalar factors commute with linear ops (matmul, sum, reshape, transpose, broadcast_to), so a factor may
+    sit before or after one. It goes where it touches the fewest elements: into the elementwise kernel that
+    produces a smaller operand (across a broadcast, or a matmul whose output is bigger than an operand),
+    else it stays after the op (after a sum: on the reduced result). A matmul with an all-constant operand
+    becomes a sum, so no array of ones or of 1/m is materialized.
     """
     roots = set(graph.roots())
 
@@ -56,10 +63,9 @@ def scale(graph, notes):
         if src.op not in LINEAR or old_src in roots or len(graph.consumers(old_src)) != 1:
             return None
         operands = list(src.inputs)
-        target = next((k for k, o in enumerate(operands) if private_ew(o)), None)
-        if src.op == "broadcast_to" and target is None:
-            target = 0  # scaling before the broadcast touches fewer elements
-        if target is None:
+        movable = [k for k, o in enumerate(operands) if private_ew(o) or src.op == "broadcast_to"]
+        target = min(movable, key=lambda k: cost(graph.nodes[operands[k]]), default=None)
+        if target is None or cost(graph.nodes[operands[target]]) >= cost(src):
             return None
         new_inputs = [rb.arg(o) for o in operands]
         new_inputs[target] = absorb(rb, operands[target], c)
