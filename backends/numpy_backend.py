@@ -257,6 +257,12 @@ def _slice(st):
 WINDOWS = "np.lib.stride_tricks.sliding_window_view"
 
 
+def _shape(st, operand=None) -> tuple:
+    """The node's shape (or its ``operand``'s), concrete dims as ints and the batch dim symbolic."""
+    node = st.node if operand is None else st.fn.graph.nodes[st.node.inputs[operand]]
+    return tuple(int(d) if d.is_number else d for d in node.shape)
+
+
 def _geometry(st):
     """Kernel, stride, padding and the input's (C, H, W) of a conv2d / conv2d_weight_grad / pooling node."""
     n = st.node
@@ -279,21 +285,23 @@ def _overlapping(kernel, stride) -> bool:
     return stride[0] < kernel[0] or stride[1] < kernel[1]
 
 
-def _padded(st, x: str, chw, padding) -> str:
-    """``x`` framed by zeros (in a scratch buffer), or ``x`` itself without padding."""
+def _padded(st, x: str, shape, padding) -> str:
+    """``x`` (of ``shape``) framed by zeros in a scratch buffer, or ``x`` itself without padding."""
     if not any(map(any, padding)):
         return x
     (top, bottom), (left, right) = padding
-    c, h, w = chw
-    xp = st.scratch(st.node.dtype, (st.node.shape[0], c, h + top + bottom, w + left + right))
+    m, c, h, w = shape
+    xp = st.scratch(st.node.dtype, (m, c, h + top + bottom, w + left + right))
     st.line(f"{xp}.fill(0)")
     st.line(f"{xp}[:, :, {top}:{top + h}, {left}:{left + w}] = {x}")
     return xp
 
 
-def _im2col(st, xp: str, c, kernel, stride, out_hw) -> str:
-    """Every window as a column: a (m, C, kh, kw, OH, OW) scratch, so ``w (O, C·kh·kw) @ cols[n]`` is one GEMM."""
-    cols = st.scratch(st.node.dtype, (st.node.shape[0], c, *kernel, *out_hw))
+def _im2col(st, x: str, shape, kernel, stride, padding, out_hw) -> str:
+    """Every window of ``x`` as a column: a (m, C, kh, kw, OH, OW) scratch, so ``w (O, C·kh·kw) @ cols[n]`` is a
+    GEMM per example that writes NCHW directly."""
+    xp = _padded(st, x, shape, padding)
+    cols = st.scratch(st.node.dtype, (shape[0], shape[1], *kernel, *out_hw))
     step = "" if tuple(stride) == (1, 1) else f"[:, :, ::{stride[0]}, ::{stride[1]}]"
     st.line(f"np.copyto({cols}, {WINDOWS}({xp}, {tuple(kernel)}, axis=(2, 3)){step}.transpose(0, 1, 4, 5, 2, 3))")
     return cols
@@ -302,22 +310,22 @@ def _im2col(st, xp: str, c, kernel, stride, out_hw) -> str:
 def _conv2d(st):
     x, w = st.args
     n = st.node
-    chw = tuple(int(d) for d in st.fn.graph.nodes[n.inputs[0]].shape[1:])
-    kernel = tuple(int(d) for d in st.fn.graph.nodes[n.inputs[1]].shape[2:])
-    m, o, oh, ow = n.shape
-    k, p = chw[0] * kernel[0] * kernel[1], oh * ow
-    cols = _im2col(st, _padded(st, x, chw, n.attr("padding")), chw[0], kernel, n.attr("stride"), (int(oh), int(ow)))
+    shape = _shape(st, 0)
+    kernel = _shape(st, 1)[2:]
+    m, o, oh, ow = _shape(st)
+    k, p = shape[1] * kernel[0] * kernel[1], oh * ow
+    cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow))
     st.line(f"np.matmul({w}.reshape({o}, {k}), {cols}.reshape({st.dims((m, k, p))}), "
             f"out={st.out}.reshape({st.dims((m, o, p))}))")
 
 
 def _conv2d_weight_grad(st):
     x, g = st.args
-    kernel, stride, padding, chw = _geometry(st)
-    gnode = st.fn.graph.nodes[st.node.inputs[1]]
-    m, o, oh, ow = gnode.shape
-    k, p = chw[0] * kernel[0] * kernel[1], int(oh) * int(ow)
-    cols = _im2col(st, _padded(st, x, chw, padding), chw[0], kernel, stride, (int(oh), int(ow)))
+    n = st.node
+    shape, kernel = _shape(st, 0), n.attr("kernel")
+    m, o, oh, ow = _shape(st, 1)
+    k, p = shape[1] * kernel[0] * kernel[1], oh * ow
+    cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow))
     per_example = st.scratch(st.node.dtype, (m, o, k))
     st.line(f"np.matmul({g}.reshape({st.dims((m, o, p))}), {cols}.reshape({st.dims((m, k, p))}).transpose(0, 2, 1), "
             f"out={per_example})")
@@ -328,12 +336,11 @@ def _conv2d_input_grad(st):
     # each kernel offset's share of the gradient lands on the inputs that offset met: one GEMM, then one add per offset
     g, w = st.args
     n = st.node
-    m, c, h, wd = n.shape
-    o, _, kh, kw = (int(d) for d in st.fn.graph.nodes[n.inputs[1]].shape)
-    _, _, oh, ow = (st.fn.graph.nodes[n.inputs[0]].shape)
-    oh, ow = int(oh), int(ow)
+    m, c, h, wd = _shape(st)
+    o, _, kh, kw = _shape(st, 1)
+    oh, ow = _shape(st, 0)[2:]
     stride, ((top, bottom), (left, right)) = n.attr("stride"), n.attr("padding")
-    k, p = int(c) * kh * kw, oh * ow
+    k, p = c * kh * kw, oh * ow
     shares = st.scratch(n.dtype, (m, c, kh, kw, oh, ow))
     st.line(f"np.matmul({w}.reshape({o}, {k}).T, {g}.reshape({st.dims((m, o, p))}), "
             f"out={shares}.reshape({st.dims((m, k, p))}))")
@@ -344,7 +351,7 @@ def _conv2d_input_grad(st):
         view = f"{dxp}{_offset(a, b, stride, (oh, ow))}"
         st.line(f"np.add({view}, {shares}[:, :, {a}, {b}], out={view})")
     if padded:
-        st.line(f"np.copyto({st.out}, {dxp}[:, :, {top}:{top + int(h)}, {left}:{left + int(wd)}])")
+        st.line(f"np.copyto({st.out}, {dxp}[:, :, {top}:{top + h}, {left}:{left + wd}])")
 
 
 def _pool_out_hw(st):

@@ -203,7 +203,7 @@ def test_flatten(start, want):
 
 
 # -- a small CNN: the whole model against finite differences, and unchanged by the optimizer -----------
-def small_cnn(dtype="float64"):
+def small_cnn(dtype="float64", batch=M):
     with gc.Graph("cnn") as g:
         x = gc.input("x", (m, 1, 8, 8), dtype=dtype)
         t = gc.input("t", (m,), dtype="int64")
@@ -218,7 +218,8 @@ def small_cnn(dtype="float64"):
         grads = gc.grad(loss, [w1, b1, w2, W3])
         g.output(loss=loss, **{f"d{n}": d for n, d in zip(["w1", "b1", "w2", "W3"], grads)})
     rng = np.random.default_rng(5)
-    feeds = {"x": rng.normal(size=(M, 1, 8, 8)), "t": rng.integers(0, 10, size=M), **gc.init_params(g, 0)}
+    feeds = {"x": rng.normal(size=(batch, 1, 8, 8)).astype(dtype), "t": rng.integers(0, 10, size=batch),
+             **gc.init_params(g, 0)}
     return g, feeds
 
 
@@ -236,6 +237,49 @@ def test_small_cnn_survives_the_optimizer():
     want, got = g.evaluate(feeds), opt.evaluate(feeds)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("opt_level", [0, 1, 2])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_small_cnn_compiled_with_numpy_matches_reference(dtype, tol, opt_level):
+    g, feeds = small_cnn(dtype, batch=5)
+    program = gc.compile(g, backend="numpy", opt_level=opt_level)
+    body = program.source.split("def _compute(")[1].split("\n\n")[0]
+    assert "import graphc" not in program.source
+    assert not any(line.lstrip().startswith("for ") for line in body.split("\n"))  # no Python loops
+    want = g.evaluate(feeds)
+    for _ in range(2):  # the second call runs in the cached buffers
+        got = program(feeds)
+        for name in want:
+            assert got[name].dtype == want[name].dtype and rel_error(got[name], want[name]) <= tol, name
+
+
+def test_small_cnn_training_step_matches_reference_sgd():
+    g, feeds = small_cnn(batch=4)
+    program = gc.compile(g, backend="numpy", optimizer=gc.SGD(lr=0.1))
+    params = {n: feeds[n].copy() for n in g.params}
+    batch = {n: feeds[n] for n in g.inputs}
+    for _ in range(3):
+        want = g.evaluate({**batch, **params})
+        got = program.train_step(params, batch)
+        assert rel_error(got["loss"], want["loss"]) <= 1e-10
+        for n in g.params:
+            np.testing.assert_allclose(params[n], feeds[n] - 0.1 * want[f"d{n}"], rtol=1e-10, atol=1e-12)
+            feeds[n] = params[n].copy()
+
+
+@pytest.mark.parametrize("geometry", [dict(stride=2, padding=1), dict(stride=(1, 2), padding=((0, 2), (1, 0))),
+                                      dict(stride=3, padding="same"), dict(stride=1, padding="valid")], ids=str)
+@pytest.mark.parametrize("pool", [(2, None), (3, 1), ((2, 3), (2, 1)), (2, 3)], ids=str)
+def test_compiled_conv_and_pool_geometries_match_reference(geometry, pool):
+    def fn(x, w):
+        y = gc.conv2d(x, w, **geometry)
+        return gc.max_pool2d(y, *pool) + gc.avg_pool2d(y * y, *pool)
+    g = op_graph(fn, (m, 2, 9, 8), (3, 2, 3, 2))
+    feeds = random_feeds(g, seed=7)
+    want, got = g.evaluate(feeds), gc.compile(g, backend="numpy")(feeds)
+    for name in want:
+        assert rel_error(got[name], want[name]) <= 1e-10, name
 
 
 def test_second_order_through_conv_and_pooling():
