@@ -3,17 +3,19 @@
 ``NumPyScalarPrinter`` prints scalar (array-free) parts such as ``1/m``; ``UfuncChain`` lowers an
 elementwise expression into the shortest chain of in-place NumPy ufunc calls into one buffer, with
 ``sympy.cse`` for shared subexpressions and numerically stable forms (sigmoid via tanh, softplus via
-logaddexp, relu' as a comparison mask — never ``Heaviside`` or ``select``).
+logaddexp, relu' as a comparison mask — never ``Heaviside`` or ``select``). ``CudaPrinter`` prints the same
+expressions as CUDA C kernel bodies.
 """
 from __future__ import annotations
 
 import sympy
 from sympy.codegen.cfunctions import log1p
 from sympy.core.relational import Relational
+from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
 from graphc.errors import GraphError
-from graphc.ops.elementwise import Maximum, Minimum, Relu, Sigmoid, Softplus, Where, arg_index
+from graphc.ops.elementwise import Maximum, Minimum, Positive, Relu, Sigmoid, Softplus, Where, arg_index
 
 
 class NumPyScalarPrinter(NumPyPrinter):
@@ -52,6 +54,9 @@ class NumPyScalarPrinter(NumPyPrinter):
 
     def _print_Relu(self, expr):
         return f"np.maximum({self._print(expr.args[0])}, 0)"
+
+    def _print_Positive(self, expr):
+        return f"np.sign({self._print(expr.args[0])})"
 
     def _print_Maximum(self, expr):
         return f"np.maximum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -171,6 +176,8 @@ class UfuncChain:
             return self._call(UNARY[expr.func], expr.args, out)
         if isinstance(expr, Relu):
             return self._call("maximum", (expr.args[0], sympy.S.Zero), out)
+        if isinstance(expr, Positive):  # its argument is ≥ 0, so sign() is the 0/1 step, in floats
+            return self._call("sign", expr.args, out)
         if isinstance(expr, Maximum):
             return self._call("maximum", expr.args, out)
         if isinstance(expr, Minimum):
@@ -302,3 +309,70 @@ def _inverted(term):
 def _is_mask(expr) -> bool:
     """``Where(c, 1, 0)``: the boolean array ``c`` itself serves as a 0/1 factor."""
     return isinstance(expr, Where) and expr.args[1] == 1 and expr.args[2] == 0
+
+
+class CudaPrinter(C99CodePrinter):
+    """CUDA C for elementwise kernel bodies, with the same numerically stable forms as the NumPy printer.
+
+    ``names`` maps symbols (inputs, dims) to kernel parameter names. Sigmoid goes through tanh (no overflow),
+    softplus through log1p of a non-positive exponent, relu through fmax; ``Where`` is a C conditional.
+    """
+
+    def __init__(self, names=None, ctype: str = "double"):
+        super().__init__({"allow_unknown_functions": False})
+        self.names, self.ctype = names or {}, ctype
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _typed(self, expr) -> str:
+        """``expr`` cast to the kernel's type: fmax(float, double) would resolve to a host-only overload."""
+        return f"({self.ctype})({self._print(expr)})"
+
+    def _print_Pow(self, expr):
+        base, power = expr.args
+        b = self.parenthesize(base, 100)
+        if power == -1:
+            return f"(1.0/{b})"
+        if power == 2:
+            return f"({b}*{b})"
+        if power == sympy.Rational(1, 2):
+            return f"sqrt({self._print(base)})"
+        return f"pow({self._print(base)}, {self._print(power)})"
+
+    def _print_Relational(self, expr):
+        return f"({super()._print_Relational(expr)})"
+
+    def _print_Sigmoid(self, expr):
+        return f"(0.5 + 0.5*tanh(0.5*{self.parenthesize(expr.args[0], 50)}))"
+
+    def _print_Softplus(self, expr):
+        x = self.parenthesize(expr.args[0], 50)
+        return f"({x} > 0 ? {x} + log1p(exp(-{x})) : log1p(exp({x})))"
+
+    def _print_Relu(self, expr):
+        return f"fmax({self._typed(expr.args[0])}, ({self.ctype})0)"
+
+    def _print_Positive(self, expr):
+        return f"({self._print(expr.args[0])} > 0 ? ({self.ctype})1 : ({self.ctype})0)"
+
+    def _print_Maximum(self, expr):
+        return f"fmax({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
+
+    def _print_Minimum(self, expr):
+        return f"fmin({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
+
+    def _print_Where(self, expr):
+        cond, a, b = (self._print(x) for x in expr.args)
+        return f"({cond} ? {a} : {b})"
+
+    def statements(self, expr, out: str, ctype: str) -> list[str]:
+        """C statements assigning ``expr`` to ``out``; shared subexpressions become typed locals."""
+        replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("t"), optimizations=None)
+        lines, self.ctype = [], ctype
+        for sym, sub in replacements:
+            local = f"_{sym.name}"
+            self.names[sym] = local
+            lines.append(f"const {'bool' if bool_result(sub) else ctype} {local} = {self._print(sub)};")
+        lines.append(f"{out} = {self._print(reduced)};")
+        return lines

@@ -1,7 +1,7 @@
 """The IR: immutable ``Node`` records held in a ``Graph`` that mirrors them in a networkx MultiDiGraph.
 
 Invariant: a node's inputs always have smaller ids, so ascending id order is a topological order
-(deterministic, and cheap for 1000-layer graphs). Nodes are hash-consed on ``(op, inputs, attrs)``:
+(deterministic, and cheap for 1000-layer graphs). Nodes are hash-consed on ``(op, inputs, attrs, shape, dtype)``:
 an identical subexpression is one node, so CSE is mostly free.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ class Graph:
         """The id of the node ``op(inputs; attrs)``: an existing identical node, or a new one."""
         inputs = tuple(inputs)
         frozen = freeze_attrs(attrs)
-        key = (op, inputs, frozen)
+        key = (op, inputs, frozen, tuple(shape), dtype)  # shape: a fill's only difference may be its shape
         if key in self._by_key:
             nid = self._by_key[key]
             if name and not self.nodes[nid].name:
@@ -112,7 +112,7 @@ class Graph:
         """Drop nodes nothing refers to (the caller guarantees it), e.g. unused VJP branches."""
         for nid in ids:
             node = self.nodes.pop(nid)
-            del self._by_key[(node.op, node.inputs, node.attrs)]
+            del self._by_key[(node.op, node.inputs, node.attrs, node.shape, node.dtype)]
             self.nx.remove_node(nid)
 
     def rename(self, nid: int, name: str) -> None:

@@ -58,13 +58,28 @@ class Where(sympy.Function):
         return Where(cond, sympy.diff(a, s), sympy.diff(b, s))
 
 
+class Positive(sympy.Function):
+    """1 where ``y > 0``, else 0, for ``y ≥ 0`` (a relu's output): relu' read off the forward value.
+
+    Knowing ``y ≥ 0`` lets NumPy compute it as ``sign(y)``, a float op, where a comparison would need a
+    bool→float cast (and NumPy's per-call cast buffer) before it can multiply a gradient.
+    """
+
+    @classmethod
+    def eval(cls, y):
+        return sympy.Integer(1 if y > 0 else 0) if y.is_number else None
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+
 class Relu(sympy.Function):
     @classmethod
     def eval(cls, x):
         return sympy.Max(x, 0) if x.is_number else None
 
     def fdiff(self, argindex=1):  # relu(x) > 0 exactly where x > 0: the backward pass reads the output
-        return Where(Relu(self.args[0]) > 0, 1, 0)
+        return Positive(Relu(self.args[0]))
 
 
 class Maximum(sympy.Function):
@@ -79,7 +94,7 @@ class Minimum(sympy.Function):
         return Where(a <= b, 1, 0) if argindex == 1 else Where(a <= b, 0, 1)
 
 
-FUNCTIONS = (Sigmoid, Softplus, Where, Relu, Maximum, Minimum)
+FUNCTIONS = (Sigmoid, Softplus, Where, Positive, Relu, Maximum, Minimum)
 
 
 # -- the ew op ----------------------------------------------------------------------------------------
@@ -91,7 +106,8 @@ def result_dtype(expr, dtypes) -> str:
     if is_float(dtype):
         return dtype
     integral = all(a.is_Add or a.is_Mul or a.is_Symbol or a.is_Integer or a.is_Relational
-                   or (a.is_Pow and a.exp.is_Integer and a.exp >= 0) or isinstance(a, (Where, Maximum, Minimum))
+                   or (a.is_Pow and a.exp.is_Integer and a.exp >= 0)
+                   or isinstance(a, (Where, Maximum, Minimum, Positive))
                    for a in sympy.preorder_traversal(expr) if isinstance(a, sympy.Basic))
     return "int64" if integral else "float64"
 
@@ -308,7 +324,8 @@ def _sigmoid(x):
 REFERENCE = {
     sympy.exp: np.exp, sympy.log: np.log, log1p: np.log1p, sympy.tanh: np.tanh, sympy.Abs: np.abs,
     sympy.sign: np.sign, Sigmoid: _sigmoid, Softplus: lambda x: np.logaddexp(0.0, x),
-    Relu: lambda x: np.maximum(x, 0), Maximum: np.maximum, Minimum: np.minimum, Where: np.where,
+    Relu: lambda x: np.maximum(x, 0), Positive: lambda y: (y > 0).astype(np.result_type(y, np.float32)),
+    Maximum: np.maximum, Minimum: np.minimum, Where: np.where,
     sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
     sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal, sympy.Eq: np.equal, sympy.Ne: np.not_equal,
 }

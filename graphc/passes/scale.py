@@ -45,7 +45,22 @@ def scale(graph, notes):
             return add_ew(rb, src, c * src.attr("expr"), list(src.inputs))
         return add_ew(rb, src, c * arg(0), [src.id])
 
+    def scaled_operand(node):
+        """(position, c) of an operand that is a private pure scaling c·x costing more than ``node``."""
+        for k, old in enumerate(node.inputs):
+            src = graph.nodes[old]
+            c = scalar_factor(src)
+            if c is not None and old not in roots and len(graph.consumers(old)) == 1 and cost(src) > cost(node):
+                return k, c
+        return None
+
     def rule(rb, node):
+        if node.op in LINEAR and scaled_operand(node):  # linear(c·x) -> c·linear(x) on the smaller result
+            k, c = scaled_operand(node)
+            ins = [rb.arg(i) for i in node.inputs]
+            ins[k] = rb.node(ins[k]).inputs[0]
+            notes.note(f"moved factor {c} past {node.op} {graph.display_name(node.id)} to its smaller result")
+            return add_ew(rb, node, c * arg(0), [rb.add(node, node.op, ins, dict(node.attrs))])
         if node.op == "matmul":
             a, b = (rb.node(rb.arg(i)) for i in node.inputs)
             if min(len(a.shape), len(b.shape)) >= 2 and (a.op == "fill") != (b.op == "fill"):

@@ -23,7 +23,7 @@ OUTPUTS = ('loss', 'y', 'dW', 'dy')
 
 
 def _check(feeds, names, dims=None):
-    """Validate feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""
+    """Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""
     if not isinstance(feeds, dict) or len(feeds) != len(names):
         _explain(feeds, names)
     for name in names:
@@ -35,7 +35,7 @@ def _check(feeds, names, dims=None):
     for name in names:
         value = feeds[name]
         shape, dtype = _SPEC[name]
-        if type(value) is not np.ndarray or value.dtype != dtype:
+        if not isinstance(value, np.ndarray) or value.dtype != dtype:
             got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
             raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")
         if value.shape != _SHAPES[name](*dims):

@@ -1,0 +1,195 @@
+"""Every optimization pass: its pattern is gone afterwards, and the numbers are unchanged (≤ 1e-10)."""
+import numpy as np
+import pytest
+import sympy
+
+import graphc as gc
+from graphc.explain import measure, random_feeds
+from graphc.gradcheck import rel_error
+from graphc.passes import PASS_NAMES, optimize
+from graphc.train import training_graph
+from models import MODELS, feeds_with_params
+
+m = gc.dim("m")
+
+
+def ops(graph):
+    return [n.op for n in graph.nodes.values()]
+
+
+def assert_same_numbers(before, after, feeds):
+    expected, got = before.evaluate(feeds), after.evaluate(feeds)
+    for name in expected:
+        assert rel_error(got[name], expected[name]) <= 1e-10, name
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_pass_keeps_outputs_and_gradients(name):
+    g, feeds = MODELS[name]()
+    feeds = feeds_with_params(g, feeds)
+    _, records = optimize(g, 2)
+    assert {r.name for r in records} == set(PASS_NAMES)
+    for r in records:
+        assert_same_numbers(g, r.graph, feeds)
+
+
+def hand_written_xent():
+    with gc.Graph("hand") as g:
+        z = gc.input("z", (m, 5), dtype="float64")
+        t = gc.input("t", (m,), dtype="int64")
+        losses = -gc.sum(gc.one_hot(t, 5, "float64") * gc.log(gc.softmax(z)), axis=-1)
+        loss = gc.mean(losses)
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    return g
+
+
+def test_softmax_xent_fusion_of_the_hand_written_form():
+    g = hand_written_xent()
+    optimized, records = optimize(g, 2)
+    fused = next(r for r in records if r.name == "fuse_softmax_xent")
+    assert "softmax_cross_entropy" in ops(fused.graph)
+    assert not any(n.op == "ew" and n.attr("expr") == sympy.log(sympy.Symbol("_0", real=True))
+                   for n in optimized.nodes.values())
+    assert "softmax_xent_grad" in ops(optimized) and "one_hot" not in ops(optimized)
+    rng = np.random.default_rng(0)
+    feeds = {"z": rng.normal(size=(6, 5)), "t": rng.integers(0, 5, 6)}
+    assert_same_numbers(g, optimized, feeds)
+
+
+def test_fused_softmax_xent_is_stable_for_huge_logits():
+    g = hand_written_xent()
+    z = np.array([[1e4, -1e4, 0, 5e3, 1], [-1e4, -1e4, -1e4, -1e4, 1e4]])
+    t = np.array([0, 2])
+    out = gc.compile(g, opt_level=2)({"z": z, "t": t})
+    assert np.isfinite(out["loss"]) and np.isfinite(out["dz"]).all()
+    assert rel_error(out["loss"], 1e4) <= 1e-12  # the second row's loss is 2e4, the first's 0
+    expected = np.zeros_like(z)
+    expected[0, 0], expected[1, 4], expected[1, 2] = 0.0, 0.5, -0.5
+    assert rel_error(out["dz"], expected) <= 1e-12
+
+
+def test_mlp_backward_applies_one_over_m_exactly_once():
+    g, _ = MODELS["mlp"]()
+    trained, _ = optimize(training_graph(g, "loss", gc.SGD(0.1)), 2)
+    uses = []
+    for node in trained.nodes.values():
+        for key in ("expr", "scale", "value"):
+            value = node.attr(key)
+            if node.phase != "forward" and isinstance(value, sympy.Basic) and m in value.free_symbols:
+                uses.append((node.op, value))
+    assert uses == [("softmax_xent_grad", 1 / m)], uses
+    assert not any(n.op == "fill" and n.shape for n in trained.nodes.values())  # no array of ones or of 1/m
+
+
+def test_scale_moves_factors_to_the_smaller_tensor():
+    with gc.Graph("reg") as g:
+        x, t = gc.input("x", (m, 3), dtype="float64"), gc.input("t", (m, 2), dtype="float64")
+        W = gc.param("W", (3, 2), dtype="float64", init=("normal", 0.5))
+        loss = gc.mean(gc.sum((x @ W - t) ** 2, axis=1))
+        g.output(loss=loss, dW=gc.grad(loss, W))
+    optimized, records = optimize(g, 2)
+    assert any("smaller result" in note for r in records if r.name == "scale" for note in r.rewrites)
+    for node in optimized.nodes.values():  # no big array is scaled by a factor alone
+        if node.op == "ew" and len(node.inputs) == 1 and m in node.shape:
+            assert node.attr("expr").as_coeff_Mul()[0] == 1, node
+    feeds = feeds_with_params(g, {"x": np.ones((4, 3)), "t": np.zeros((4, 2))})
+    assert_same_numbers(g, optimized, feeds)
+
+
+def test_matmul_with_a_constant_operand_becomes_a_sum():
+    with gc.Graph("lin") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        W = gc.param("W", (3, 4), dtype="float64", init=("normal", 1.0))
+        loss = gc.mean(x @ W)
+        g.output(loss=loss, dW=gc.grad(loss, W))
+    optimized, _ = optimize(g, 2)
+    assert not any(n.op == "fill" and n.shape for n in optimized.nodes.values())
+    assert_same_numbers(g, optimized, feeds_with_params(g, {"x": np.arange(12.0).reshape(4, 3)}))
+
+
+def test_simplify_drops_redundant_shape_ops():
+    with gc.Graph("shapes") as g:
+        x = gc.input("x", (m, 6), dtype="float64")
+        y = gc.reshape(gc.reshape(x, (m, 2, 3)), (m, 3, 2))
+        z = gc.transpose(gc.transpose(y, (0, 2, 1)), (0, 2, 1))
+        b = gc.broadcast_to(gc.input("b", (2,), dtype="float64"), (m, 3, 2))
+        g.output(y=-(-(z * b)))
+    simplified, _ = optimize(g, 1)
+    assert ops(simplified).count("reshape") == 1 and "transpose" not in ops(simplified)
+    assert "broadcast_to" not in ops(simplified)
+    assert_same_numbers(g, simplified, {"x": np.arange(12.0).reshape(2, 6), "b": np.array([1.0, -2.0])})
+
+
+def test_fold_constants_leaves_no_fill_in_expressions():
+    g, feeds = MODELS["logistic_regression"]()
+    optimized, _ = optimize(g, 1)
+    for node in optimized.nodes.values():
+        assert all(optimized.nodes[i].op != "fill" for i in node.inputs), node
+
+
+def test_cse_merges_what_differentiation_duplicates():
+    with gc.Graph("probs") as g:
+        z = gc.input("z", (m, 4), dtype="float64")
+        t = gc.input("t", (m,), dtype="int64")
+        loss = gc.mean(gc.softmax_cross_entropy(z, t))
+        g.output(loss=loss, probs=gc.softmax(z), dz=gc.grad(loss, z))
+    optimized, _ = optimize(g, 1)
+    assert ops(optimized).count("softmax") == 1
+
+
+def test_dce_removes_what_no_output_needs():
+    with gc.Graph("dead") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        gc.exp(x) * 2  # computed, never used
+        g.output(y=gc.tanh(x))
+    optimized, records = optimize(g, 1)
+    assert "exp" not in str([n.attr("expr") for n in optimized.nodes.values()])
+    assert any(r.name == "dce" and r.rewrites for r in records)
+
+
+def test_elementwise_fusion_is_maximal_and_convex():
+    g, feeds = MODELS["tanh_net"]()
+    optimized, _ = optimize(g, 2)
+    roots = set(optimized.roots())
+    for nid, node in optimized.nodes.items():
+        users = optimized.consumers(nid)
+        if node.op == "ew" and nid not in roots and len(users) == 1:
+            user = optimized.nodes[users[0]]
+            assert not (user.op == "ew" and user.shape == node.shape), f"{node} could fuse into {user}"
+    assert_same_numbers(g, optimized, feeds_with_params(g, feeds))
+
+
+def test_reduction_fusion():
+    g, feeds = MODELS["half_sse"]()
+    optimized, _ = optimize(g, 2)
+    assert "sum_ew" in ops(optimized)
+    for node in optimized.nodes.values():
+        if node.op == "sum":
+            src = optimized.nodes[node.inputs[0]]
+            assert not (src.op == "ew" and len(optimized.consumers(src.id)) == 1)
+
+
+def test_passes_can_be_switched_off_by_name():
+    g, feeds = MODELS["mlp"]()
+    optimized, records = optimize(g, 2, disable=["fuse_elementwise", "fuse_reductions"])
+    assert not {"fuse_elementwise", "fuse_reductions"} & {r.name for r in records}
+    with pytest.raises(gc.GraphError, match="unknown passes"):
+        optimize(g, 2, disable=["fuse_everything"])
+    prog = gc.compile(g, disable=["fuse_softmax_xent"])
+    assert "softmax_xent_grad" not in prog.source
+
+
+def test_opt_level_2_beats_0_on_the_mlp():
+    with gc.Graph("mlp") as g:
+        x, t = gc.input("x", (m, 784)), gc.input("t", (m,), dtype="int64")
+        W1, b1 = gc.param("W1", (784, 512), init="he_normal"), gc.param("b1", (512,))
+        W2, b2 = gc.param("W2", (512, 512), init="he_normal"), gc.param("b2", (512,))
+        W3, b3 = gc.param("W3", (512, 10), init="glorot_uniform"), gc.param("b3", (10,))
+        h = gc.relu(gc.relu(x @ W1 + b1) @ W2 + b2)
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(h @ W3 + b3, t)))
+    feeds = random_feeds(g, {m: 64})
+    o0, o2 = (measure(gc.compile(g, opt_level=level, loss="loss", optimizer=gc.SGD(0.01)), feeds)
+              for level in (0, 2))
+    assert o2["statements"] < o0["statements"]
+    assert o2["buffers"] < o0["buffers"]
+    assert o2["buffer_bytes"] < o0["buffer_bytes"]
