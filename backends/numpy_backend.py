@@ -419,9 +419,13 @@ def _max_pool2d_grad(st):
     x, y, g = st.args
     kernel, stride, _, _ = _geometry(st)
     st.line(f"{st.out}.fill(0)")
-    if _overlapping(kernel, stride):
-        _first_maxima(st, x, y, lambda index, hit: st.line(
-            f"np.add({st.out}{index}, {g}, out={st.out}{index}, where={hit})"))
+    if _overlapping(kernel, stride):  # a ufunc's where= is NumPy-only: mask the gradient, then add
+        share = st.scratch(st.node.dtype, st.fn.graph.nodes[st.node.inputs[2]].shape)
+
+        def add(index, hit):
+            st.line(f"np.multiply({g}, {hit}, out={share})")
+            st.line(f"np.add({st.out}{index}, {share}, out={st.out}{index})")
+        _first_maxima(st, x, y, add)
     else:
         _first_maxima(st, x, y, lambda index, hit: st.line(f"np.copyto({st.out}{index}, {g}, where={hit})"))
 
