@@ -297,13 +297,17 @@ def _padded(st, x: str, shape, padding) -> str:
     return xp
 
 
-def _im2col(st, x: str, shape, kernel, stride, padding, out_hw) -> str:
-    """Every window of ``x`` as a column: a (m, C, kh, kw, OH, OW) scratch, so ``w (O, C·kh·kw) @ cols[n]`` is a
-    GEMM per example that writes NCHW directly."""
+def _im2col(st, x: str, shape, kernel, stride, padding, out_hw, batch_major: bool = True) -> str:
+    """Every window of ``x`` as a column of a scratch: (m, C, kh, kw, OH, OW), so ``w (O, C·kh·kw) @ cols[n]`` is
+    a GEMM per example that writes NCHW directly; or (C, kh, kw, m, OH, OW) for one GEMM over the whole batch."""
     xp = _padded(st, x, shape, padding)
-    cols = st.scratch(st.node.dtype, (shape[0], shape[1], *kernel, *out_hw))
+    m, c = shape[:2]
+    if batch_major:
+        cols, perm = st.scratch(st.node.dtype, (m, c, *kernel, *out_hw)), (0, 1, 4, 5, 2, 3)
+    else:
+        cols, perm = st.scratch(st.node.dtype, (c, *kernel, m, *out_hw)), (1, 4, 5, 0, 2, 3)
     step = "" if tuple(stride) == (1, 1) else f"[:, :, ::{stride[0]}, ::{stride[1]}]"
-    st.line(f"np.copyto({cols}, {WINDOWS}({xp}, {tuple(kernel)}, axis=(2, 3)){step}.transpose(0, 1, 4, 5, 2, 3))")
+    st.line(f"np.copyto({cols}, {WINDOWS}({xp}, {tuple(kernel)}, axis=(2, 3)){step}.transpose{perm})")
     return cols
 
 
@@ -320,16 +324,16 @@ def _conv2d(st):
 
 
 def _conv2d_weight_grad(st):
+    # Σ over batch and positions as the inner dim of one GEMM: (O, m·OH·OW) @ (m·OH·OW, C·kh·kw)
     x, g = st.args
     n = st.node
     shape, kernel = _shape(st, 0), n.attr("kernel")
     m, o, oh, ow = _shape(st, 1)
-    k, p = shape[1] * kernel[0] * kernel[1], oh * ow
-    cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow))
-    per_example = st.scratch(st.node.dtype, (m, o, k))
-    st.line(f"np.matmul({g}.reshape({st.dims((m, o, p))}), {cols}.reshape({st.dims((m, k, p))}).transpose(0, 2, 1), "
-            f"out={per_example})")
-    st.line(f"np.sum({per_example}, axis=0, out={st.out}.reshape({o}, {k}))")
+    k = shape[1] * kernel[0] * kernel[1]
+    cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow), batch_major=False)
+    g_t = st.scratch(st.node.dtype, (o, m, oh, ow))
+    st.line(f"np.copyto({g_t}, {g}.transpose(1, 0, 2, 3))")
+    st.line(f"np.matmul({g_t}.reshape({o}, -1), {cols}.reshape({k}, -1).T, out={st.out}.reshape({o}, {k}))")
 
 
 def _conv2d_input_grad(st):
