@@ -98,8 +98,14 @@ def _update(st):
     (_ew if st.node.op == "ew" else base._update)(st)
 
 
+def _random_normal(st):
+    """Drawn on the GPU by a module-level ``cp.random`` generator (a stream of its own, unlike NumPy's)."""
+    rng = st.fn.module.generator(st.node)
+    st.line(f"cp.copyto({st.out}, {rng}.standard_normal({st.dims(st.node.shape)}, dtype=cp.{st.node.dtype}))")
+
+
 class FunctionEmitter(base.FunctionEmitter):
-    EMIT = {**base.EMIT, "ew": _ew, "sum_ew": _sum_ew}
+    EMIT = {**base.EMIT, "ew": _ew, "sum_ew": _sum_ew, "random_normal": _random_normal}
     BACKEND, XP = BACKEND, "cp"
 
     def _run(self, st):
@@ -136,7 +142,24 @@ class ModuleEmitter(base.ModuleEmitter):
     def _array_text(self, host: str) -> str:
         return f"cp.asarray({host})"
 
+    RUNTIME = {"axpy": '''
+def _axpy(a, x, y, scratch):
+    """y += a·x, in place."""
+    cp.multiply(x, a, out=scratch)
+    return cp.add(y, scratch, out=y)
+''', "gemm": '''
+def _gemm(alpha, a, b, beta, out, scratch):
+    """out = alpha·(a @ b) + beta·out, in place (the product through cuBLAS)."""
+    cp.matmul(a, b, out=scratch)
+    if beta != 1:
+        cp.multiply(out, beta, out=out)
+    if alpha != 1:
+        cp.multiply(scratch, alpha, out=scratch)
+    return cp.add(out, scratch, out=out)
+'''}
+
     def _definitions(self, w: CodeWriter) -> None:
+        super()._definitions(w)
         w.line("")
         w.line("# CUDA kernels: compiled by CuPy on first launch and cached")
         for kernel, name in self.kernels.items():

@@ -6,6 +6,7 @@ per value of the symbolic dims and cached, so a steady-state call allocates no f
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import sympy
@@ -16,6 +17,7 @@ from graphc.backends.printer import NumPyScalarPrinter, UfuncChain
 from graphc.errors import GraphError
 from graphc.initializers import init_array
 from graphc.ops import reduced_shape
+from graphc.passes.fuse_gemm import linear_terms
 from graphc.schedule import FED, VIEWS, plan
 
 BACKEND = "numpy"
@@ -215,12 +217,28 @@ def _one_hot(st):
     st.line(f"np.equal(np.expand_dims({st.args[0]}, -1), {k}, out={st.out})")
 
 
+def _gemm(st):
+    """α·(a @ b) + β·c into the output: c copied in first (broadcast), unless the output is c (an update)."""
+    a, b, c = st.args
+    n = st.node
+    scratch = st.scratch(n.dtype)
+    if st.out != c:
+        st.line(f"np.copyto({st.out}, {c})")
+    st.fn.module.runtime.add("gemm")
+    st.line(f"_gemm({st.value(n.attr('alpha'))}, {a}, {b}, {st.value(n.attr('beta'))}, {st.out}, {scratch})")
+
+
 def _matmul(st):
     st.line(f"np.matmul({st.args[0]}, {st.args[1]}, out={st.out})")
 
 
 def _fill(st):
     st.line(f"{st.out}.fill({st.value(st.node.attr('value'))})")
+
+
+def _random_normal(st):
+    rng = st.fn.module.generator(st.node)
+    st.line(f"{rng}.standard_normal(dtype=np.{st.node.dtype}, out={st.out})")
 
 
 def _concat(st):
@@ -445,13 +463,20 @@ EMIT = {
     "ew": _ew, "sum": _sum, "max": _max, "sum_ew": _sum_ew, "logsumexp": _logsumexp,
     "softmax": lambda st: _softmax_common(st, False), "log_softmax": lambda st: _softmax_common(st, True),
     "softmax_cross_entropy": _softmax_cross_entropy, "softmax_xent_grad": _softmax_xent_grad,
-    "one_hot": _one_hot, "matmul": _matmul, "fill": _fill, "concat": _concat, "unslice": _unslice,
+    "one_hot": _one_hot, "matmul": _matmul, "gemm": _gemm, "fill": _fill, "concat": _concat, "unslice": _unslice,
+    "random_normal": _random_normal,
     "conv2d": _conv2d, "conv2d_input_grad": _conv2d_input_grad, "conv2d_weight_grad": _conv2d_weight_grad,
     "max_pool2d": _max_pool2d, "max_pool2d_grad": _max_pool2d_grad, "max_pool2d_gather": _max_pool2d_gather,
     "avg_pool2d": _avg_pool2d, "avg_pool2d_grad": _avg_pool2d_grad,
 }
 VIEW_EMIT = {"reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "slice": _slice}
 SOURCES = ("input", "param", "const")
+PLACEHOLDER = re.compile(r"\b_scratch(\d+)\b")  # temporaries in a draft, before the buffer plan names them
+
+
+def name_temporaries(lines: list[str], temps: list[str]) -> list[str]:
+    """A node's draft statements with the planned buffers in place of their placeholder temporaries."""
+    return [PLACEHOLDER.sub(lambda hit: temps[int(hit.group(1)) - 1], text) for text in lines]
 
 
 class FunctionEmitter:
@@ -478,6 +503,7 @@ class FunctionEmitter:
                 self.var[nid] = names.fresh(self._wanted(graph.nodes[nid]))
         self.names = names
         keep = set(graph.outputs.values())
+        self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
 
@@ -492,10 +518,12 @@ class FunctionEmitter:
         return node.op not in VIEWS and node.op not in SOURCES and node.id not in self.updates
 
     def _scratch_needs(self, node):
+        """Emit the node once with placeholder temporaries (kept as its draft); report what they need."""
         if node.op in VIEWS or node.op in SOURCES:
             return []
-        st = Statement(self, node, self.updates.get(node.id, "_out"), None)
+        st = Statement(self, node, self.updates.get(node.id) or self.var[node.id], None)
         self._run(st)
+        self.drafts[node.id] = st.lines
         return st.requests
 
     def _run(self, st):
@@ -540,7 +568,7 @@ class FunctionEmitter:
             node = self.graph.nodes[nid]
             if node.op in FED:
                 continue
-            comment = f"# {_describe(node)}  {shapes.fmt_x(node.shape)}"
+            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
             name = self.var[nid]
             if node.op == "const":
                 w.line(f"{name} = {self.module.constant(node)}  {comment}")
@@ -550,19 +578,47 @@ class FunctionEmitter:
                 w.line(f"{name} = {self.translate(self.VIEW_EMIT[node.op](st))}  {comment}")
                 continue
             st.out = self.updates.get(nid) or name
-            self._run(st)
+            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
             if nid in self.updates:
                 w.line(f"{comment} (update of {st.out}, in place)")
                 for text in st.lines:
                     w.line(text)
+                self._check_numerics(w, node, st.out)
                 continue
             buf = f"B[{p.buffer_of[nid]}]"
             if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
                 w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
-                continue
-            w.line(f"{name} = {buf}  {comment}")
-            for text in st.lines:
-                w.line(text)
+            else:
+                w.line(f"{name} = {buf}  {comment}")
+                for text in st.lines:
+                    w.line(text)
+            self._check_numerics(w, node, name)
+
+    def describe(self, node) -> str:
+        """The comment of a node's statement: its op, with an elementwise expression in terms of variables."""
+        if node.op == "gemm":
+            a, b, c = (self.var[i] for i in node.inputs)
+            alpha, beta = (node.attr(k) for k in ("alpha", "beta"))
+            return f"gemm: {'' if alpha == 1 else f'{alpha}·'}{a} @ {b} + {'' if beta == 1 else f'{beta}·'}{c}"
+        if node.op not in ("ew", "sum_ew", "softmax_xent_grad"):
+            return _describe(node)
+        expr = node.attr("expr") if node.op != "softmax_xent_grad" else node.attr("scale")
+        offset = 2 if node.op == "softmax_xent_grad" else 0
+        names = {sympy.Symbol(f"_{i}", real=True): sympy.Symbol(self.var[src])
+                 for i, src in enumerate(node.inputs[offset:])}
+        text = _readable(expr.xreplace(names))
+        if node.op == "softmax_xent_grad":
+            z, t = (self.var[i] for i in node.inputs[:2])
+            return f"softmax_xent_grad: (softmax({z}) - onehot({t}))·{text}"
+        if node.op == "sum_ew":
+            return f"sum_ew: sum({text}, axis={_axes(node)!r})"
+        return f"{_expr_label(expr)}: {text}"
+
+    def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
+        """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
+        if self.module.check_numerics and node.dtype.startswith("float"):
+            who = node.name or self.graph.display_name(node.id)
+            w.line(f"_check_finite({who!r}, {node.op!r}, {value})")
 
     def allocation(self) -> list[str]:
         lines = []
@@ -575,6 +631,14 @@ class FunctionEmitter:
 def _update(st):
     """The new value of a parameter, computed into the parameter's own array."""
     node = st.node
+    if node.op == "gemm":
+        return _gemm(st)
+    terms = linear_terms(node.attr("expr")) if node.op == "ew" else None
+    param = st.fn.graph.params.get(st.out)
+    if terms and param in node.inputs and terms[node.inputs.index(param)] == 1:  # p + c·g: one axpy
+        k = 1 - node.inputs.index(param)
+        st.fn.module.runtime.add("axpy")
+        return st.line(f"_axpy({st.value(terms[k])}, {st.args[k]}, {st.out}, {st.scratch(node.dtype)})")
     if node.op != "ew":
         st.line(f"np.copyto({st.out}, {st.args[0]})")
         return
@@ -614,6 +678,7 @@ class ModuleEmitter:
     ARRAY = "np.ndarray"  # what the checks accept as an array
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
+        self.runtime: set[str] = set()  # helpers (RUNTIME keys) the statements call
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.dims = graph.dims()
         self.constants: dict[int, tuple[str, str]] = {}
@@ -627,12 +692,61 @@ class ModuleEmitter:
             self.constants[node.id] = (name, self._array_text(f"np.array({arr.tolist()!r}, dtype=np.{dtype})"))
         return self.constants[node.id][0]
 
+    def generator(self, node) -> str:
+        """A module-level generator for a ``random_normal`` stream: it advances with every call."""
+        seed, stream = node.attr("seed"), node.attr("stream")
+        key = ("rng", seed, stream)
+        if key not in self.constants:
+            self.constants[key] = (f"_RNG{len(self.constants)}", f"{self.XP}.random.default_rng([{seed}, {stream}])")
+        return self.constants[key][0]
+
     def _array_text(self, host: str) -> str:
         """Module-level text for a host (NumPy) array as this backend's array."""
         return host
 
+    RUNTIME = {"blas": '''
+try:  # SciPy's BLAS updates arrays in place in one pass; NumPy alone gives the same numbers, a little slower
+    from scipy.linalg import blas as _blas
+    _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
+    _GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}
+except ImportError:
+    _AXPY, _GEMM = {}, {}
+''', "axpy": '''
+
+def _axpy(a, x, y, scratch):
+    """y += a·x, in place."""
+    axpy = _AXPY.get(y.dtype.char)
+    if axpy is not None and x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
+        axpy(x.reshape(-1), y.reshape(-1), a=a)
+        return y
+    np.multiply(x, a, out=scratch)
+    return np.add(y, scratch, out=y)
+''', "gemm": '''
+def _gemm(alpha, a, b, beta, out, scratch):
+    """out = alpha·(a @ b) + beta·out, in place."""
+    gemm = _GEMM.get(out.dtype.char)
+    if gemm is not None and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype:
+        # BLAS is column-major: out.T = alpha·b.T @ a.T + beta·out.T, each operand passed without a copy
+        bt, trans_b = (b.T, 0) if b.flags.c_contiguous else (b, 1)
+        at, trans_a = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+        if bt.flags.f_contiguous and at.flags.f_contiguous:
+            gemm(alpha, bt, at, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
+            return out
+    np.matmul(a, b, out=scratch)
+    if beta != 1:
+        np.multiply(out, beta, out=out)
+    if alpha != 1:
+        np.multiply(scratch, alpha, out=scratch)
+    return np.add(out, scratch, out=out)
+'''}
+
     def _definitions(self, w: CodeWriter) -> None:
-        """Module-level definitions the functions use (kernels); none for NumPy."""
+        """Module-level definitions the functions use: runtime helpers (the kernels, for CuPy)."""
+        used = [key for key in self.RUNTIME if key in self.runtime or (key == "blas" and self.runtime)]
+        for key in used:
+            w.lines.extend(self.RUNTIME[key].strip().splitlines())
+            w.line("")
+            w.line("")
 
     def _to_device(self, w: CodeWriter, *tables: str) -> None:
         """Statements converting the arrays of the named dicts for the functions; none for NumPy."""
@@ -697,6 +811,13 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
+        if self.check_numerics:
+            with w.block("def _check_finite(name, op, value):"):
+                w.line('"""Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""')
+                with w.block(f"if not {self.XP}.all({self.XP}.isfinite(value)):"):
+                    w.line(f'bad = "NaN" if {self.XP}.any({self.XP}.isnan(value)) else "Inf"')
+                    w.line('raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")')
+            w.line("")
         with w.block("def _check(feeds, names, dims=None):"):
             w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
             with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):

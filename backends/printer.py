@@ -101,11 +101,15 @@ class UfuncChain:
 
     def run(self, expr, target: str) -> list[str]:
         replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("_cse"), optimizations=None)
+        scalars = {}  # scalar subexpressions go back inline: a product printed as a scalar must not name them
+        self.protected = False  # common subexpressions go into fresh temporaries, free to overwrite
         for sym, sub in replacements:
+            sub = sub.xreplace(scalars)
             if is_scalar(sub):
-                self.names[sym] = f"({self.printer.doprint(sub)})"
+                scalars[sym] = sub
                 continue
             self.names[sym] = self._materialize(sub, bool_result(sub))
+        reduced = reduced.xreplace(scalars)
         self.protected = target in self.names.values()
         self.into(reduced, target)
         return self.lines

@@ -40,9 +40,11 @@ from graphc.ops.reduce import logsumexp, mean
 from graphc.ops.reduce import reduce_max as max
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
+from graphc.per_example import clipped_mean_grads, per_example_grads, per_example_norms
 from graphc.program import Program, compile
 from graphc.shapes import dim
 from graphc.train import SGD
+from graphc.viz import render
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ __all__ = [
     "abs", "avg_pool2d", "binary_cross_entropy_with_logits", "broadcast_to", "concat", "const", "conv2d", "dim",
     "equal", "exp", "flatten", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu", "less",
     "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "max_pool2d", "maximum", "mean",
-    "minimum", "one_hot", "param", "relu", "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "softplus",
-    "sqrt", "square", "sum", "tanh", "transpose", "where",
+    "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
+    "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
+    "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]

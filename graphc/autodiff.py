@@ -4,7 +4,6 @@ Fan-out gradients are summed; broadcasting is undone here, in one place, for eve
 """
 from __future__ import annotations
 
-import networkx as nx
 import sympy
 
 from graphc import shapes
@@ -33,9 +32,10 @@ def add_all(parts: list[Tensor]) -> Tensor:
 
 def backprop(graph: Graph, loss: int, wrt: list[int], seed: Tensor) -> list[Tensor]:
     """Gradients of ``loss`` (seeded with ``seed``) w.r.t. each id in ``wrt``, built into ``graph``."""
-    reach = set(wrt)
-    for w in wrt:
-        reach |= nx.descendants(graph.nx, w)
+    reach = set(wrt)  # descendants of any wrt: one sweep in id order (topological), not one search per wrt
+    for nid in sorted(i for i in graph.nodes if i > min(wrt, default=0)):
+        if any(i in reach for i in graph.nodes[nid].inputs):
+            reach.add(nid)
     relevant = reach & graph.needed([loss])
     pending: dict[int, list[Tensor]] = {loss: [seed]}
     grads: dict[int, Tensor] = {}
@@ -45,6 +45,8 @@ def backprop(graph: Graph, loss: int, wrt: list[int], seed: Tensor) -> list[Tens
             continue
         g = grads[nid] = add_all(parts)
         node = graph.nodes[nid]
+        if node.name and not g.name and g.node.phase == "backward":
+            g.named(f"d{node.name}")  # dh, dlogits: readable names in code and diagrams
         rule = OPS[node.op].vjp
         if rule is None or not is_float(node.dtype):
             continue

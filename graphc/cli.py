@@ -112,5 +112,43 @@ def explain(args) -> int:
     return 0
 
 
+def _check_args(p) -> None:
+    p.add_argument("--loss", default="loss", help="scalar output to differentiate (default: loss)")
+    p.add_argument("--dims", nargs="*", default=(), metavar="NAME=SIZE", help="sizes of symbolic dims (default 3)")
+    p.add_argument("--tol", type=float, help="max relative error (default: 1e-4 for float32 graphs, 1e-6 float64)")
+    p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2, help="opt level of the module")
+    p.add_argument("--max-entries", type=int, default=100, help="entries per param compared (sampled beyond)")
+    p.add_argument("--inputs", action="store_true", help="also check gradients w.r.t. float inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random feeds")
+
+
+@command("check", _check_args)
+def check(args) -> int:
+    """Compare every parameter gradient with finite differences (in float64); exit 1 above tolerance."""
+    from graphc.check import check_graph, parse_dims, table
+    dims, failed = parse_dims(args.dims), False
+    for g in load_graphs(args.model, args.graph):
+        rows = check_graph(g, args.loss, dims, args.tol, args.opt_level, args.max_entries, args.inputs, args.seed)
+        bad = [r.name for r in rows if not r.ok]
+        failed = failed or bool(bad)
+        print(f"graph {g.name!r}: gradients of {args.loss!r} vs central differences (float64, tolerance "
+              f"{rows[0].tol:g})")
+        print(table(rows))
+        print(f"FAIL: {', '.join(bad)} above tolerance" if bad else "all gradients match")
+    return 1 if failed else 0
+
+
+def _show_arguments(parser):
+    """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
+    from graphc.viz import show_arguments
+    show_arguments(parser)
+
+
+@command("show", _show_arguments)
+def show(args) -> int:
+    from graphc.viz import show
+    return show(args)
+
+
 if __name__ == "__main__":
     sys.exit(main())

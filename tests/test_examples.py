@@ -11,9 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py"}
+NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py"}
 STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
-              "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py"]
+              "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
+              "per_example_grads.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -53,6 +54,8 @@ def test_example_runs(name, tmp_path):
         assert "equals W - lr*dW: True" in proc.stdout
     if name == "softmax_gradient.py":
         assert "softmax_xent_grad" in proc.stdout
+    if name == "per_example_grads.py":
+        assert "DP-SGD" in proc.stdout and proc.stdout.count("<- flipped") == 3
 
 
 def test_cli_build_then_train_built(tmp_path):

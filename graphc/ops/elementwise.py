@@ -7,6 +7,7 @@ pass reuses forward values. ``f'`` multiplies the incoming gradient elementwise:
 from __future__ import annotations
 
 import operator
+from fractions import Fraction
 from functools import reduce
 
 import numpy as np
@@ -188,8 +189,8 @@ def scalar(value):
         value = float(value)
         if not np.isfinite(value):
             return sympy.Float(value)
-        exact = sympy.nsimplify(value, rational=True)
-        return exact if float(exact) == value and exact.q <= 10**6 else sympy.Float(value)
+        exact = Fraction(value).limit_denominator(10**6)  # 0.1 -> 1/10: exact factors fold (0.5·2 = 1)
+        return sympy.Rational(exact.numerator, exact.denominator) if float(exact) == value else sympy.Float(value)
     if isinstance(value, sympy.Expr):
         return value
     return None

@@ -34,6 +34,24 @@ defop("const", "source", infer=_source_infer, impl=_const_impl)
 defop("fill", "source", infer=_source_infer, impl=_fill_impl)
 
 
+# Standard normal draws, fresh at each call of generated code (its generator lives in the module); the
+# reference evaluator gives the first draw of the same stream, ``default_rng([seed, stream])``.
+def _random_normal_impl(node, env):
+    rng = np.random.default_rng([node.attr("seed"), node.attr("stream")])
+    return rng.standard_normal(shapes.evaluate(node.shape, env)).astype(node.dtype)
+
+
+defop("random_normal", "source", infer=_source_infer, impl=_random_normal_impl)
+
+
+def random_normal(graph, shape, dtype: str, seed: int, stream: int) -> Tensor:
+    """Gaussian noise N(0, 1) of ``shape``; ``stream`` keeps draws of one seed apart (e.g. one per param)."""
+    if not is_float(dtype):
+        raise GraphError(f"random_normal: dtype must be float32 or float64, not {dtype}")
+    attrs = {"seed": int(seed), "stream": int(stream)}
+    return Tensor(graph, graph.add("random_normal", (), attrs, shapes.as_shape(shape), dtype))
+
+
 # -- reshape ------------------------------------------------------------------------------------------
 def _reshape_infer(nodes, attrs):
     (x,) = nodes

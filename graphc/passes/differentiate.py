@@ -29,13 +29,27 @@ def differentiate(graph, notes):
         notes.note(f"derived the gradient of {graph.display_name(request.loss)} w.r.t. "
                    + ", ".join(graph.display_name(w) for w in request.wrt))
 
+    def keep(roots):
+        """Copy, as they were, the inner nodes of a request that something outside it reads (e.g. a
+        ``transpose(x)`` that later code shares by hash-consing): still the same values on the new graph."""
+        todo, stack = set(), [r for r in roots if r not in rb.map]
+        while stack:
+            nid = stack.pop()
+            if nid not in todo:
+                todo.add(nid)
+                stack.extend(i for i in graph.nodes[nid].inputs if i not in rb.map)
+        for nid in sorted(todo):
+            rb.map[nid] = rb.copy(graph.nodes[nid])
+
     for nid in graph.order():
         request = owner.get(nid)
         if request is None and nid not in rb.map:
+            keep(graph.nodes[nid].inputs)
             rb.map[nid] = rb.copy(graph.nodes[nid])
         elif request is not None and id(request) not in done:
             done.add(id(request))
             derive(request)
+    keep([*graph.outputs.values(), *graph.updates.values(), *(x for r in graph.grads for x in r.results)])
     new = rb.finish()
     new.grads = []
     return new

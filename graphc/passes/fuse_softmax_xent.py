@@ -57,7 +57,13 @@ def _gradient(rb, node, ins, private):
     s, h = rb.node(ins[0]), rb.node(ins[1])
     if s.attr("axis") != len(s.shape) - 1 or h.shape != s.shape:
         return None
-    scale = sympy.simplify(expr / (arg(0) - arg(1)))
+    difference = arg(0) - arg(1)
+    if expr == difference:
+        scale = sympy.S.One
+    elif expr.is_Mul and difference in expr.args:  # structural: (s − h)·scale, scale free of s and h
+        scale = expr / difference
+    else:
+        return None
     if scale.free_symbols & {arg(0), arg(1)}:
         return None
     rest = ins[2:]

@@ -11,15 +11,17 @@ TYPICAL = 1024  # the size symbolic dims are assumed to take when comparing cost
 
 def cost(node) -> int:
     """Elements a scaling of ``node`` touches, with symbolic dims at a typical size."""
-    return int(sympy.Mul(*node.shape).subs({s: TYPICAL for s in sympy.Mul(*node.shape).free_symbols}))
+    count = sympy.Mul(*node.shape)
+    return int(count.subs({s: TYPICAL for s in count.free_symbols}))
 
 
 def scalar_factor(node):
     """``c`` where ``node`` is the pure scaling ``c·x`` of one input, else None."""
     if node.op != "ew" or len(node.inputs) != 1 or node.dtype == "bool":
         return None
-    c = sympy.simplify(node.attr("expr") / arg(0))
-    return None if c.free_symbols & {arg(0)} or c == 1 else c
+    # structural, not sympy.simplify: simplify (trigsimp, factor) costs ~0.1 s a node on deep graphs
+    c, rest = node.attr("expr").as_independent(arg(0), as_Add=False)
+    return None if rest != arg(0) or c == 1 else c
 
 
 def scale(graph, notes):

@@ -1,0 +1,1 @@
+"""Benchmarks: graphc against hand-written NumPy, PyTorch and JAX."""
