@@ -334,7 +334,8 @@ def max_pool2d_gather(x: Tensor, u: Tensor, kernel, stride) -> Tensor:
     return apply("max_pool2d_gather", [x, u], kernel=kernel, stride=stride)
 
 
-# x only selects where the gradient goes: the derivative w.r.t. it is zero wherever it is defined
+# x only selects where the gradient goes: the derivative w.r.t. it is zero wherever it is defined.
+# max_pool2d_grad also reads y = max_pool2d(x) so emitters find the maxima by comparison; the reference uses argmax.
 defop("max_pool2d", "conv", infer=_pool_infer("max_pool2d"),
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).max(axis=(4, 5)),
       vjp=lambda out, g, x, kernel, stride: [max_pool2d_grad(x, g, kernel, stride)])
