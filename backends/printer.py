@@ -15,7 +15,7 @@ from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
 from graphc.errors import GraphError
-from graphc.ops.elementwise import Maximum, Minimum, Positive, Relu, Sigmoid, Softplus, Where, arg_index
+from graphc.ops.elementwise import Maximum, Minimum, Positive, Relu, Sigmoid, Softplus, Where
 
 
 class NumPyScalarPrinter(NumPyPrinter):
@@ -78,8 +78,8 @@ COMPARE = {sympy.StrictGreaterThan: "greater", sympy.GreaterThan: "greater_equal
 
 
 def is_scalar(expr) -> bool:
-    """No array inputs: the expression is a number or made of symbolic dims."""
-    return all(arg_index(s) is None for s in expr.free_symbols)
+    """No arrays in it (inputs ``_i`` or common subexpressions): a number, or made of symbolic dims."""
+    return all(s.is_integer and s.is_positive for s in expr.free_symbols)
 
 
 class UfuncChain:

@@ -94,7 +94,7 @@ def _compile(g, args):
 @command("build", _build_args)
 def build(args) -> int:
     """Write DIR/<graph>_<backend>.py for each graph in MODEL.py."""
-    from graphc.program import safe_write
+    from graphc.files import safe_write
     for g in load_graphs(args.model, args.graph):
         prog = _compile(g, args)
         path = safe_write(Path(args.out) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)

@@ -20,14 +20,16 @@ def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return out
 
 
-def rel_error(a, b) -> float:
-    """max |a − b| relative to the size of ``b`` (at least 1e-8): how far apart two gradients are."""
+def rel_error(a, b, floor: float = 1e-8) -> float:
+    """max |a − b| relative to the size of ``b`` (at least ``floor``): how far apart two gradients are.
+
+    The floor keeps a gradient that is exactly zero (rounding noise against 0) from counting as far off."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-8))
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), floor))
 
 
 def fd_grads(graph, loss: str, feeds: dict, names, eps: float = 1e-6) -> dict:

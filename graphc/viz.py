@@ -8,11 +8,8 @@ layer. The text is deterministic (nodes in ascending id order, edges in input or
 from __future__ import annotations
 
 import html
-import os
 import shutil
-import stat
 import subprocess
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from sympy.printing.str import StrPrinter
 
 from graphc import shapes
 from graphc.errors import GraphError
+from graphc.files import write_atomic
 from graphc.ir import PHASES, Graph
 
 STAGES = ("forward", "backward", "optimized")
@@ -182,6 +180,10 @@ def _wrap(text: str) -> list[str]:
     return lines
 
 
+def _scaled(factor, text: str) -> str:
+    return text if factor == 1 else f"{_sym(factor)}·{text}"
+
+
 def _operation(graph: Graph, nid: int) -> list[str]:
     """What the node computes: an expression, ``a @ b``, or the op and its attributes."""
     node = graph.nodes[nid]
@@ -191,6 +193,10 @@ def _operation(graph: Graph, nid: int) -> list[str]:
         return _wrap(expression(graph, nid, attrs["expr"])) + (_wrap(" ".join(words)) if words else [])
     if node.op == "matmul" and len(node.inputs) == 2:
         return [" @ ".join(graph.display_name(i) for i in node.inputs), *(_wrap(" ".join(words)) if words else [])]
+    if node.op == "gemm":  # α·a@b + β·c, the factors shown only where they are not 1
+        a, b, c = (graph.display_name(i) for i in node.inputs)
+        product = _scaled(attrs["alpha"], f"{a} @ {b}")
+        return _wrap(f"{product} + {_scaled(attrs['beta'], c)}")
     # an unnamed node's title (its display name, e.g. sum12) already says the op
     head = [node.op] if node.name or node.op in ("input", "param") else []
     if node.op == "const":
@@ -407,31 +413,6 @@ def encode(d: Diagram, fmt: str, dpi: int | None = None) -> bytes:
         return mermaid_text(d).encode()
     source = dot_text(d, dpi=dpi)
     return source.encode() if fmt == "dot" else graphviz(source, fmt, repr(d.title))
-
-
-def _file_mode(path: Path) -> int:
-    """The mode of the file being replaced, else what a plain ``open`` would give under the umask."""
-    if path.is_file():
-        return stat.S_IMODE(path.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path, data: bytes) -> Path:
-    """Write through a temporary file in the same folder, so no reader ever sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes the file private; a diagram is not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def render(graph: Graph, path, stage: str = "forward", *, opt_level: int = 2, title: str | None = None,

@@ -218,12 +218,12 @@ def check_graph(g, feeds, source=""):
         got = gc.compile(g, opt_level=level)(feeds)
         for name, want in expected.items():
             assert got[name].shape == want.shape, f"opt {level} {name}: shape\n{source}"
-            err = rel_error(got[name], want)
+            err = rel_error(got[name], want, floor=1e-6)  # an exactly-zero output: rounding against 0
             assert err <= 1e-10, f"opt {level} output {name}: relative error {err:.2e}\n{source}"
     wrt = [n[2:] for n in g.outputs if n.startswith("d_")]
     fd = fd_grads(g, "loss", feeds, wrt)
     for name in wrt:
-        err = rel_error(expected[f"d_{name}"], fd[name])
+        err = rel_error(expected[f"d_{name}"], fd[name], floor=1e-3)  # FD noise where the gradient is 0
         assert err <= 1e-6, f"gradient w.r.t. {name}: relative error {err:.2e}\n{source}"
 
 
