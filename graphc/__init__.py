@@ -7,6 +7,7 @@ from graphc.dsl import Tensor, const, init_params, input, param
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.ops import OPS
+from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
 from graphc.ops.elementwise import (
     abs_ as abs,
 )
@@ -49,9 +50,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile",
-    "abs", "binary_cross_entropy_with_logits", "broadcast_to", "concat",
-    "const", "dim", "equal", "exp", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu",
-    "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
+    "abs", "avg_pool2d", "binary_cross_entropy_with_logits", "broadcast_to", "concat", "const", "conv2d", "dim",
+    "equal", "exp", "flatten", "grad", "greater", "greater_equal", "init_params", "input", "leaky_relu", "less",
+    "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "max_pool2d", "maximum", "mean",
     "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
     "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
     "clipped_mean_grads", "per_example_grads", "per_example_norms",

@@ -11,9 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-NEEDS_SKLEARN = {"mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py"}
-STANDALONE = ["linear_regression.py", "logistic_regression.py", "mlp_digits.py", "per_example_losses.py",
-              "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py", "per_example_grads.py"]
+NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py"}
+STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
+              "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
+              "per_example_grads.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -45,6 +46,9 @@ def test_example_runs(name, tmp_path):
     if name == "mlp_digits.py":
         assert accuracy(proc.stdout) >= 0.97
         assert (tmp_path / "mlp_digits_numpy.py").is_file()
+    if name == "cnn_digits.py":
+        assert accuracy(proc.stdout) >= 0.98
+        assert (tmp_path / "cnn_digits_lr0_1_numpy.py").is_file()
     if name == "linear_regression.py":
         assert "max |dL/dy - (y - t)| = 0.0" in proc.stdout
         assert "equals W - lr*dW: True" in proc.stdout

@@ -4,6 +4,7 @@ import pytest
 
 import graphc as gc
 from graphc.ops import OPS
+from graphc.ops import conv as cv
 
 from helpers import assert_grads_match_fd, m, op_graph, random_feeds
 
@@ -100,6 +101,37 @@ CASES = {
     "softmax_cross_entropy": [
         (lambda z, t: gc.softmax_cross_entropy(z, gc.softmax(t)), [(m, 4), (m, 4)], {}),
         (lambda z, t: gc.softmax_cross_entropy(z, t * t, axis=0), [(m, 4), (m, 4)], {}),
+    ],
+    # convolution and pooling (many more geometries in test_conv.py); the gradient ops are differentiated too
+    "conv2d": [
+        (lambda x, w: gc.conv2d(x, w), [(m, 2, 5, 4), (3, 2, 3, 2)], {}),
+        (lambda x, w: gc.conv2d(x, w, stride=2, padding=1), [(m, 1, 6, 5), (2, 1, 3, 3)], {}),
+        (lambda x, w: gc.conv2d(x, w, stride=(1, 2), padding="same"), [(m, 2, 5, 5), (2, 2, 2, 3)], {}),
+    ],
+    "conv2d_input_grad": [
+        (lambda g, w: cv.conv2d_input_grad(g, w, (1, 1), ((0, 0), (0, 0)), (5, 4)), [(m, 3, 3, 3), (3, 2, 3, 2)], {}),
+        (lambda g, w: cv.conv2d_input_grad(g, w, (2, 2), ((1, 1), (0, 1)), (6, 5)), [(m, 2, 3, 2), (2, 1, 3, 3)], {}),
+    ],
+    "conv2d_weight_grad": [
+        (lambda x, g: cv.conv2d_weight_grad(x, g, (1, 1), ((0, 0), (0, 0)), (3, 2)), [(m, 2, 5, 4), (m, 3, 3, 3)], {}),
+        (lambda x, g: cv.conv2d_weight_grad(x, g, (2, 1), ((1, 0), (1, 1)), (2, 3)), [(m, 1, 6, 5), (m, 2, 3, 5)], {}),
+    ],
+    "max_pool2d": [
+        (lambda x: gc.max_pool2d(x, 2), [(m, 2, 5, 4)], {}),
+        (lambda x: gc.max_pool2d(x, (3, 2), stride=1), [(m, 1, 5, 5)], {}),
+    ],
+    "max_pool2d_grad": [
+        (lambda x, g: gc.grad(gc.sum(gc.max_pool2d(x, 2, stride=1) * g), x), [(m, 2, 4, 5), (m, 2, 3, 4)], {}),
+    ],
+    "max_pool2d_gather": [
+        (lambda x, u: cv.max_pool2d_gather(x, u, (2, 3), (2, 1)), [(m, 2, 5, 5), (m, 2, 5, 5)], {}),
+    ],
+    "avg_pool2d": [
+        (lambda x: gc.avg_pool2d(x, 2), [(m, 2, 5, 4)], {}),
+        (lambda x: gc.avg_pool2d(x, (2, 3), stride=(1, 2)), [(m, 1, 5, 6)], {}),
+    ],
+    "avg_pool2d_grad": [
+        (lambda g: gc.grad(gc.sum(gc.avg_pool2d(g, 3, stride=2) ** 2), g), [(m, 2, 7, 6)], {}),
     ],
 }
 

@@ -69,4 +69,4 @@ def check_axes(op: str, axis, node):
 
 
 # Registration happens on import; the order only affects the registry's listing.
-from graphc.ops import elementwise, linalg, nn, reduce, shape  # noqa: E402,F401
+from graphc.ops import conv, elementwise, linalg, nn, reduce, shape  # noqa: E402,F401
