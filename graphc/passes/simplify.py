@@ -1,15 +1,17 @@
 """Algebraic and structural simplification."""
+import sympy
+
 from graphc.ir import Rebuild
-from graphc.ops.elementwise import arg
 from graphc.passes.rewrite import add_ew, inline
 
 
 def simplify(graph, notes):
     """x·1, x+0, −(−x), exp(log x), reshape∘reshape, transpose∘transpose, ew(broadcast_to(x)) -> the simpler form
 
-    Elementwise expressions are sympy expressions, so sympy's own canonicalization already folds x·1, x+0,
-    −(−x), exp(log x) and scalar factors (0.5·2 = 1); this pass inlines negations and drops redundant
-    reshapes, transposes and broadcasts.
+    Elementwise expressions are sympy expressions, so sympy's own canonicalization folds x·1, x+0 and scalar
+    factors (0.5·2 = 1) within a node; across two nodes this pass inlines a one-input producer into its only
+    reader when sympy then cancels something (−(−x), exp(log x)). It also drops redundant reshapes,
+    transposes and broadcasts.
     """
     def rule(rb, node):
         ins = [rb.arg(i) for i in node.inputs]
@@ -38,9 +40,11 @@ def simplify(graph, notes):
                 if src.op == "broadcast_to":
                     ins[position] = src.inputs[0]  # elementwise ops broadcast by themselves
                     notes.note(f"dropped broadcast_to feeding {graph.display_name(node.id)}")
-                elif src.op == "ew" and len(src.inputs) == 1 and src.attr("expr") == -arg(0):
-                    expr, ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
-                    notes.note(f"inlined a negation into {graph.display_name(node.id)}")
+                elif src.op == "ew" and len(src.inputs) == 1 and len(graph.consumers(node.inputs[position])) == 1:
+                    merged, merged_ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
+                    if sympy.count_ops(merged) < sympy.count_ops(expr) + sympy.count_ops(src.attr("expr")):
+                        notes.note(f"{src.attr('expr')} inside {expr} -> {merged} at {graph.display_name(node.id)}")
+                        expr, ins = merged, merged_ins  # sympy cancelled something: −(−x), exp(log x), x·1/x
             return add_ew(rb, node, expr, ins)
         return None
 
