@@ -229,6 +229,10 @@ def _gemm(st):
 
 
 def _matmul(st):
+    ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
+    if all(len(n.shape) == 2 for n in ins):  # matrices: through the module's one BLAS (see _matmul there)
+        st.fn.module.runtime.add("matmul")
+        return st.line(f"_matmul({st.args[0]}, {st.args[1]}, out={st.out})")
     st.line(f"np.matmul({st.args[0]}, {st.args[1]}, out={st.out})")
 
 
@@ -757,6 +761,11 @@ def _axpy(a, x, y, scratch):
         return y
     np.multiply(x, a, out=scratch)
     return np.add(y, scratch, out=y)
+''', "matmul": '''
+def _matmul(a, b, out):
+    """a @ b into out. With SciPy every BLAS call of the module goes through SciPy's BLAS: NumPy and SciPy may
+    each bundle an OpenBLAS, and two thread pools taking turns spin against each other."""
+    return _gemm(1, a, b, 0, out, None)
 ''', "gemm": '''
 def _gemm(alpha, a, b, beta, out, scratch):
     """out = alpha·(a @ b) + beta·out, in place."""
@@ -768,6 +777,9 @@ def _gemm(alpha, a, b, beta, out, scratch):
         if bt.flags.f_contiguous and at.flags.f_contiguous:
             gemm(alpha, bt, at, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
             return out
+    if beta == 0:
+        np.matmul(a, b, out=out)
+        return out if alpha == 1 else np.multiply(out, alpha, out=out)
     np.matmul(a, b, out=scratch)
     if beta != 1:
         np.multiply(out, beta, out=out)
@@ -778,9 +790,12 @@ def _gemm(alpha, a, b, beta, out, scratch):
 
     def _definitions(self, w: CodeWriter) -> None:
         """Module-level definitions the functions use: runtime helpers (the kernels, for CuPy)."""
-        blas = {"axpy", "gemm"} & self.runtime
+        if {"axpy", "matmul"} & self.runtime:
+            self.runtime |= {"blas", "gemm"}
+        elif "gemm" in self.runtime:
+            self.runtime.add("blas")
         for key, text in self.RUNTIME.items():
-            if key in self.runtime or (key == "blas" and blas):
+            if key in self.runtime:
                 text = text.replace("ARRAY_TYPES", self.ARRAY).replace("np.", f"{self.XP}.")
                 w.lines.extend(text.strip().splitlines())
                 w.line("")

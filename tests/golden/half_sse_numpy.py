@@ -72,6 +72,33 @@ def _axpy(a, x, y, scratch):
     return np.add(y, scratch, out=y)
 
 
+def _matmul(a, b, out):
+    """a @ b into out. With SciPy every BLAS call of the module goes through SciPy's BLAS: NumPy and SciPy may
+    each bundle an OpenBLAS, and two thread pools taking turns spin against each other."""
+    return _gemm(1, a, b, 0, out, None)
+
+
+def _gemm(alpha, a, b, beta, out, scratch):
+    """out = alpha·(a @ b) + beta·out, in place."""
+    gemm = _GEMM.get(out.dtype.char)
+    if gemm is not None and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype:
+        # BLAS is column-major: out.T = alpha·b.T @ a.T + beta·out.T, each operand passed without a copy
+        bt, trans_b = (b.T, 0) if b.flags.c_contiguous else (b, 1)
+        at, trans_a = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+        if bt.flags.f_contiguous and at.flags.f_contiguous:
+            gemm(alpha, bt, at, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
+            return out
+    if beta == 0:
+        np.matmul(a, b, out=out)
+        return out if alpha == 1 else np.multiply(out, alpha, out=out)
+    np.matmul(a, b, out=scratch)
+    if beta != 1:
+        np.multiply(out, beta, out=out)
+    if alpha != 1:
+        np.multiply(scratch, alpha, out=scratch)
+    return np.add(out, scratch, out=out)
+
+
 
 def _check(feeds, names, dims=None):
     """Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""
@@ -115,12 +142,12 @@ def _compute_allocate(m):
 _compute_cache = {}
 
 def _compute(B, m, x, t, W):
-    y = np.matmul(x, W, out=B[0])  # matmul  m×2
+    y = _matmul(x, W, out=B[0])  # matmul  m×2
     dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
     sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
+    dW = _matmul(transpose, dy, out=B[4])  # matmul  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -139,12 +166,12 @@ def _train_allocate(m):
 _train_cache = {}
 
 def _train(B, m, x, t, W):
-    y = np.matmul(x, W, out=B[0])  # matmul  m×2
+    y = _matmul(x, W, out=B[0])  # matmul  m×2
     dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
     sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
+    dW = _matmul(transpose, dy, out=B[4])  # matmul  3×2
     # sub: W - dW/10  3×2 (update of W, in place)
     _axpy(-1/10, dW, W, B[5])
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
