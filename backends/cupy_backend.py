@@ -144,28 +144,7 @@ class ModuleEmitter(base.ModuleEmitter):
     def _array_text(self, host: str) -> str:
         return f"cp.asarray({host})"
 
-    RUNTIME = {**{k: v for k, v in base.ModuleEmitter.RUNTIME.items() if k in ("feeds", "numerics")}, "axpy": '''
-def _axpy(a, x, y, scratch):
-    """y += a·x, in place."""
-    cp.multiply(x, a, out=scratch)
-    return cp.add(y, scratch, out=y)
-''', "matmul": '''
-def _matmul(a, b, out):
-    """a @ b into out (cuBLAS)."""
-    return cp.matmul(a, b, out=out)
-''', "gemm": '''
-def _gemm(alpha, a, b, beta, out, scratch):
-    """out = alpha·(a @ b) + beta·out, in place (the product through cuBLAS)."""
-    if beta == 0:
-        cp.matmul(a, b, out=out)
-        return out if alpha == 1 else cp.multiply(out, alpha, out=out)
-    cp.matmul(a, b, out=scratch)
-    if beta != 1:
-        cp.multiply(out, beta, out=out)
-    if alpha != 1:
-        cp.multiply(scratch, alpha, out=scratch)
-    return cp.add(out, scratch, out=out)
-'''}
+    RUNTIME = {k: v for k, v in base.ModuleEmitter.RUNTIME.items() if k in ("feeds", "numerics")}
 
     def _definitions(self, w: CodeWriter) -> None:
         super()._definitions(w)

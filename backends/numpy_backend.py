@@ -17,7 +17,6 @@ from graphc.backends.printer import NumPyScalarPrinter, UfuncChain
 from graphc.errors import GraphError
 from graphc.initializers import init_array
 from graphc.ops import reduced_shape
-from graphc.passes.fuse_gemm import linear_terms
 from graphc.schedule import FED, VIEWS, plan
 
 BACKEND = "numpy"
@@ -217,22 +216,7 @@ def _one_hot(st):
     st.line(f"np.equal(np.expand_dims({st.args[0]}, -1), {k}, out={st.out})")
 
 
-def _gemm(st):
-    """α·(a @ b) + β·c into the output: c copied in first (broadcast), unless the output is c (an update)."""
-    a, b, c = st.args
-    n = st.node
-    scratch = st.scratch(n.dtype)
-    if st.out != c:
-        st.line(f"np.copyto({st.out}, {c})")
-    st.fn.module.runtime.add("gemm")
-    st.line(f"_gemm({st.value(n.attr('alpha'))}, {a}, {b}, {st.value(n.attr('beta'))}, {st.out}, {scratch})")
-
-
 def _matmul(st):
-    ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
-    if all(len(n.shape) == 2 for n in ins):  # matrices: through the module's one BLAS (see _matmul there)
-        st.fn.module.runtime.add("matmul")
-        return st.line(f"_matmul({st.args[0]}, {st.args[1]}, out={st.out})")
     st.line(f"np.matmul({st.args[0]}, {st.args[1]}, out={st.out})")
 
 
@@ -467,7 +451,7 @@ EMIT = {
     "ew": _ew, "sum": _sum, "max": _max, "sum_ew": _sum_ew, "logsumexp": _logsumexp,
     "softmax": lambda st: _softmax_common(st, False), "log_softmax": lambda st: _softmax_common(st, True),
     "softmax_cross_entropy": _softmax_cross_entropy, "softmax_xent_grad": _softmax_xent_grad,
-    "one_hot": _one_hot, "matmul": _matmul, "gemm": _gemm, "fill": _fill, "concat": _concat, "unslice": _unslice,
+    "one_hot": _one_hot, "matmul": _matmul, "fill": _fill, "concat": _concat, "unslice": _unslice,
     "random_normal": _random_normal,
     "conv2d": _conv2d, "conv2d_input_grad": _conv2d_input_grad, "conv2d_weight_grad": _conv2d_weight_grad,
     "max_pool2d": _max_pool2d, "max_pool2d_grad": _max_pool2d_grad, "max_pool2d_gather": _max_pool2d_gather,
@@ -600,10 +584,6 @@ class FunctionEmitter:
 
     def describe(self, node) -> str:
         """The comment of a node's statement: its op, with an elementwise expression in terms of variables."""
-        if node.op == "gemm":
-            a, b, c = (self.var[i] for i in node.inputs)
-            alpha, beta = (node.attr(k) for k in ("alpha", "beta"))
-            return f"gemm: {'' if alpha == 1 else f'{alpha}·'}{a} @ {b} + {'' if beta == 1 else f'{beta}·'}{c}"
         if node.op not in ("ew", "sum_ew", "softmax_xent_grad"):
             return _describe(node)
         expr = node.attr("expr") if node.op != "softmax_xent_grad" else node.attr("scale")
@@ -635,14 +615,6 @@ class FunctionEmitter:
 def _update(st):
     """The new value of a parameter, computed into the parameter's own array."""
     node = st.node
-    if node.op == "gemm":
-        return _gemm(st)
-    terms = linear_terms(node.attr("expr")) if node.op == "ew" else None
-    param = st.fn.graph.params.get(st.out)
-    if terms and param in node.inputs and terms[node.inputs.index(param)] == 1:  # p + c·g: one axpy
-        k = 1 - node.inputs.index(param)
-        st.fn.module.runtime.add("axpy")
-        return st.line(f"_axpy({st.value(terms[k])}, {st.args[k]}, {st.out}, {st.scratch(node.dtype)})")
     if node.op != "ew":
         st.line(f"np.copyto({st.out}, {st.args[0]})")
         return
@@ -744,56 +716,10 @@ def _check_finite(name, op, value):
     if not np.all(np.isfinite(value)):
         bad = "NaN" if np.any(np.isnan(value)) else "Inf"
         raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
-''', "blas": '''
-try:  # SciPy's BLAS updates arrays in place in one pass; NumPy alone gives the same numbers, a little slower
-    from scipy.linalg import blas as _blas
-    _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
-    _GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}
-except ImportError:
-    _AXPY, _GEMM = {}, {}
-''', "axpy": '''
-
-def _axpy(a, x, y, scratch):
-    """y += a·x, in place."""
-    axpy = _AXPY.get(y.dtype.char)
-    if axpy is not None and x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
-        axpy(x.reshape(-1), y.reshape(-1), a=a)
-        return y
-    np.multiply(x, a, out=scratch)
-    return np.add(y, scratch, out=y)
-''', "matmul": '''
-def _matmul(a, b, out):
-    """a @ b into out. With SciPy every BLAS call of the module goes through SciPy's BLAS: NumPy and SciPy may
-    each bundle an OpenBLAS, and two thread pools taking turns spin against each other."""
-    return _gemm(1, a, b, 0, out, None)
-''', "gemm": '''
-def _gemm(alpha, a, b, beta, out, scratch):
-    """out = alpha·(a @ b) + beta·out, in place."""
-    gemm = _GEMM.get(out.dtype.char)
-    if gemm is not None and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype:
-        # BLAS is column-major: out.T = alpha·b.T @ a.T + beta·out.T, each operand passed without a copy
-        bt, trans_b = (b.T, 0) if b.flags.c_contiguous else (b, 1)
-        at, trans_a = (a.T, 0) if a.flags.c_contiguous else (a, 1)
-        if bt.flags.f_contiguous and at.flags.f_contiguous:
-            gemm(alpha, bt, at, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
-            return out
-    if beta == 0:
-        np.matmul(a, b, out=out)
-        return out if alpha == 1 else np.multiply(out, alpha, out=out)
-    np.matmul(a, b, out=scratch)
-    if beta != 1:
-        np.multiply(out, beta, out=out)
-    if alpha != 1:
-        np.multiply(scratch, alpha, out=scratch)
-    return np.add(out, scratch, out=out)
 '''}
 
     def _definitions(self, w: CodeWriter) -> None:
         """Module-level definitions the functions use: runtime helpers (the kernels, for CuPy)."""
-        if {"axpy", "matmul"} & self.runtime:
-            self.runtime |= {"blas", "gemm"}
-        elif "gemm" in self.runtime:
-            self.runtime.add("blas")
         for key, text in self.RUNTIME.items():
             if key in self.runtime:
                 text = text.replace("ARRAY_TYPES", self.ARRAY).replace("np.", f"{self.XP}.")

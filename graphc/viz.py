@@ -180,10 +180,6 @@ def _wrap(text: str) -> list[str]:
     return lines
 
 
-def _scaled(factor, text: str) -> str:
-    return text if factor == 1 else f"{_sym(factor)}·{text}"
-
-
 def _operation(graph: Graph, nid: int) -> list[str]:
     """What the node computes: an expression, ``a @ b``, or the op and its attributes."""
     node = graph.nodes[nid]
@@ -193,10 +189,6 @@ def _operation(graph: Graph, nid: int) -> list[str]:
         return _wrap(expression(graph, nid, attrs["expr"])) + (_wrap(" ".join(words)) if words else [])
     if node.op == "matmul" and len(node.inputs) == 2:
         return [" @ ".join(graph.display_name(i) for i in node.inputs), *(_wrap(" ".join(words)) if words else [])]
-    if node.op == "gemm":  # α·a@b + β·c, the factors shown only where they are not 1
-        a, b, c = (graph.display_name(i) for i in node.inputs)
-        product = _scaled(attrs["alpha"], f"{a} @ {b}")
-        return _wrap(f"{product} + {_scaled(attrs['beta'], c)}")
     # an unnamed node's title (its display name, e.g. sum12) already says the op
     head = [node.op] if node.name or node.op in ("input", "param") else []
     if node.op == "const":

@@ -61,17 +61,3 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 Tensor.__matmul__ = matmul
 Tensor.__rmatmul__ = lambda self, other: matmul(other, self)
 
-
-# -- alpha·(a @ b) + beta·c: made by the fuse_gemm pass, after differentiation ----------------------
-def _gemm_infer(nodes, attrs):
-    a, b, c = nodes
-    shape, dtype = _matmul_infer([a, b], {})
-    return shape, dtype
-
-
-def _gemm_impl(node, env, a, b, c):
-    alpha, beta = (float(node.attr(k).subs(env)) for k in ("alpha", "beta"))
-    return (alpha * np.matmul(a, b) + beta * c).astype(node.dtype)
-
-
-defop("gemm", "linalg", infer=_gemm_infer, impl=_gemm_impl)

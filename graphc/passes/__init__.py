@@ -14,7 +14,6 @@ from graphc.passes.dce import dce
 from graphc.passes.differentiate import differentiate
 from graphc.passes.fold_constants import fold_constants
 from graphc.passes.fuse_elementwise import fuse_elementwise
-from graphc.passes.fuse_gemm import fuse_gemm
 from graphc.passes.fuse_reductions import fuse_reductions
 from graphc.passes.fuse_softmax_xent import fuse_softmax_xent
 from graphc.passes.scale import scale
@@ -31,7 +30,6 @@ PIPELINE = [
     (scale, 2),
     (fold_constants, 2),
     (fuse_softmax_xent, 2),
-    (fuse_gemm, 2),
     (fuse_elementwise, 2),
     (fuse_reductions, 2),
     (dce, 1),

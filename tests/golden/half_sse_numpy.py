@@ -54,51 +54,6 @@ class _Buffers(list):
         return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
 
 
-try:  # SciPy's BLAS updates arrays in place in one pass; NumPy alone gives the same numbers, a little slower
-    from scipy.linalg import blas as _blas
-    _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
-    _GEMM = {"f": _blas.sgemm, "d": _blas.dgemm}
-except ImportError:
-    _AXPY, _GEMM = {}, {}
-
-
-def _axpy(a, x, y, scratch):
-    """y += a·x, in place."""
-    axpy = _AXPY.get(y.dtype.char)
-    if axpy is not None and x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
-        axpy(x.reshape(-1), y.reshape(-1), a=a)
-        return y
-    np.multiply(x, a, out=scratch)
-    return np.add(y, scratch, out=y)
-
-
-def _matmul(a, b, out):
-    """a @ b into out. With SciPy every BLAS call of the module goes through SciPy's BLAS: NumPy and SciPy may
-    each bundle an OpenBLAS, and two thread pools taking turns spin against each other."""
-    return _gemm(1, a, b, 0, out, None)
-
-
-def _gemm(alpha, a, b, beta, out, scratch):
-    """out = alpha·(a @ b) + beta·out, in place."""
-    gemm = _GEMM.get(out.dtype.char)
-    if gemm is not None and out.flags.c_contiguous and a.dtype == b.dtype == out.dtype:
-        # BLAS is column-major: out.T = alpha·b.T @ a.T + beta·out.T, each operand passed without a copy
-        bt, trans_b = (b.T, 0) if b.flags.c_contiguous else (b, 1)
-        at, trans_a = (a.T, 0) if a.flags.c_contiguous else (a, 1)
-        if bt.flags.f_contiguous and at.flags.f_contiguous:
-            gemm(alpha, bt, at, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
-            return out
-    if beta == 0:
-        np.matmul(a, b, out=out)
-        return out if alpha == 1 else np.multiply(out, alpha, out=out)
-    np.matmul(a, b, out=scratch)
-    if beta != 1:
-        np.multiply(out, beta, out=out)
-    if alpha != 1:
-        np.multiply(scratch, alpha, out=scratch)
-    return np.add(out, scratch, out=out)
-
-
 
 def _check(feeds, names, dims=None):
     """Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""
@@ -142,12 +97,12 @@ def _compute_allocate(m):
 _compute_cache = {}
 
 def _compute(B, m, x, t, W):
-    y = _matmul(x, W, out=B[0])  # matmul  m×2
+    y = np.matmul(x, W, out=B[0])  # matmul  m×2
     dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
     sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = _matmul(transpose, dy, out=B[4])  # matmul  3×2
+    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -166,14 +121,15 @@ def _train_allocate(m):
 _train_cache = {}
 
 def _train(B, m, x, t, W):
-    y = _matmul(x, W, out=B[0])  # matmul  m×2
+    y = np.matmul(x, W, out=B[0])  # matmul  m×2
     dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
     sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = _matmul(transpose, dy, out=B[4])  # matmul  3×2
+    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
     # sub: W - dW/10  3×2 (update of W, in place)
-    _axpy(-1/10, dW, W, B[5])
+    np.multiply(dW, -1/10, out=B[5])
+    np.add(W, B[5], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 def run(feeds):
