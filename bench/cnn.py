@@ -55,7 +55,7 @@ def torch_step(params, x, t):
         with torch.no_grad():
             for v in p.values():
                 v -= LR * v.grad
-        return float(loss)
+        return loss.item()
     return step, p
 
 
