@@ -119,6 +119,10 @@ class FunctionEmitter(base.FunctionEmitter):
         # cp.sum / cp.max take out= and keepdims; ufunc.reduce is NumPy's allocation-free spelling of them
         text = text.replace("np.add.reduce(", "cp.sum(").replace("np.maximum.reduce(", "cp.max(")
         text = re.sub(r"\bnp\.", "cp.", text)
+        hit = re.fullmatch(r"(\w+ = )?cp\.einsum\((.*), out=([^,()]+(?:\[\d+\])?)\)(.*)", text)
+        if hit:  # cupy.einsum has no out=: bind the result, or copy it into the planned buffer
+            bind, args, out, rest = hit.groups()
+            text = f"{bind}cp.einsum({args}){rest}" if bind else f"cp.copyto({out}, cp.einsum({args})){rest}"
         if text.startswith("cp.take("):  # cupy.take has no mode: indices here are always in range
             text = text.replace(", mode='clip'", "")
         return text

@@ -54,9 +54,9 @@ def _chain(st, expr, out: str, full_shape) -> None:
     names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
     names.update(st.fn.dim_names)
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
-    small = {a: n.dtype for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
+    small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
     chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
-                       f"node {st.node.label}", small)
+                       f"node {st.node.label}", small, full_shape)
     for text in chain.run(expr, out):
         st.line(text)
 

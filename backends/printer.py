@@ -92,11 +92,12 @@ class UfuncChain:
     """
 
     def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str,
-                 small: dict | None = None):
+                 small: dict | None = None, full_shape: tuple = ()):
         self.names, self.scratch, self.dtype, self.printer = names, scratch, dtype, printer
         self.lines: list[str] = []
         self.op_label = op_label
-        self.small = small or {}  # variable -> dtype, for inputs smaller than the result (broadcast)
+        self.small = small or {}  # variable -> (dtype, shape), for inputs smaller than the result (broadcast)
+        self.full_shape = tuple(full_shape)
         self.dtypes: dict[str, str] = {}  # temporary -> dtype, where it is not the result's
 
     def run(self, expr, target: str) -> list[str]:
@@ -131,6 +132,8 @@ class UfuncChain:
 
     def emit(self, ufunc: str, *args: str, out: str) -> None:
         args = list(args)
+        if ufunc == "multiply" and len(args) == 2 and all(a in self.small for a in args):
+            return self._outer(args, out)
         if any(a in self.small for a in args):
             self._stage(args, out)
         self.lines.append(f"np.{ufunc}({', '.join(args)}, out={out})")
@@ -142,11 +145,25 @@ class UfuncChain:
         for i, a in enumerate(args):
             if a not in self.small:
                 continue
-            dtype = self.small[a]
+            dtype = self.small[a][0]
             target = out if out_free and dtype == self.out_dtype(out) else self.temp(dtype)
             self.lines.append(f"np.copyto({target}, {a})")
             args[i] = target
             out_free = out_free and target != out
+
+    def _outer(self, args: list, out: str) -> None:
+        """A product of two broadcast operands (an outer product, e.g. per-example x·dz) as one einsum pass:
+        staging both at full size would write the big result three times."""
+        ndim = len(self.full_shape)
+        views, subscripts = [], []
+        for a in args:
+            shape = (1,) * (ndim - len(self.small[a][1])) + tuple(self.small[a][1])
+            axes = [i for i, d in enumerate(shape) if d != 1]
+            subscripts.append("".join(chr(97 + i) for i in axes))
+            dims = ", ".join(self.printer.doprint(shape[i]) for i in axes)
+            views.append(f"{a}.reshape(({dims}{',' if len(axes) == 1 else ''}))" if len(axes) < len(shape) else a)
+        spec = f"{','.join(subscripts)}->{''.join(chr(97 + i) for i in range(ndim))}"
+        self.lines.append(f"np.einsum({spec!r}, {', '.join(views)}, out={out})")
 
     def out_dtype(self, out: str) -> str:
         return self.dtypes.get(out, self.dtype)
