@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import graphc as gc
 from graphc.gradcheck import fd_grads, rel_error
@@ -53,3 +54,14 @@ def assert_grads_match_fd(g, feeds, tol=1e-6, names=None):
         err = rel_error(out[f"g{i}"], fd[name])
         assert err <= tol, f"gradient w.r.t. {name}: relative error {err:.2e}"
     return out
+
+
+def cupy_or_skip():
+    """CuPy with a CUDA device, or skip the test (CI and this machine have no GPU)."""
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except cp.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA device")
+    return cp

@@ -15,7 +15,7 @@ import graphc as gc
 from graphc.backends.cupy_backend import C_TYPES
 from graphc.gradcheck import rel_error
 
-from helpers import op_graph, random_feeds
+from helpers import cupy_or_skip, op_graph, random_feeds
 from models import MODELS, feeds_with_params
 from test_op_gradients import CASES
 
@@ -122,18 +122,8 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
 
 
 # -- with a GPU ------------------------------------------------------------------------------------
-def _cupy():
-    cp = pytest.importorskip("cupy")
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cp.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-    return cp
-
-
 def assert_matches_reference(g, feeds, opt_level, dtype="float64"):
-    cp = _cupy()
+    cp = cupy_or_skip()
     expected = g.evaluate(feeds)
     got = gc.compile(g, backend="cupy", opt_level=opt_level)(feeds)
     assert set(got) == set(expected)
@@ -165,7 +155,7 @@ def test_gpu_models_match_reference(name, dtype, opt_level):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_gpu_train_step_matches_numpy(name):
-    cp = _cupy()
+    cp = cupy_or_skip()
     g, feeds = MODELS[name](dtype="float64")
     if "loss" not in g.outputs:
         pytest.skip("no loss")

@@ -10,6 +10,8 @@ from graphc.gradcheck import rel_error
 from graphc.ops.shape import random_normal
 from graphc.passes import optimize
 
+from helpers import cupy_or_skip
+
 m = gc.dim("m")
 BATCH = 5
 F64 = "float64"
@@ -430,20 +432,10 @@ def test_cupy_backend_emits_per_example_grads_and_dp_sgd():
     assert source == gc.compile(g, backend="cupy", loss="loss", optimizer=sgd).source
 
 
-def _cupy():
-    cp = pytest.importorskip("cupy")
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cp.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-    return cp
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_gpu_per_example_grads_match_reference(name):
-    cp = _cupy()
+    cp = cupy_or_skip()
     g, feeds, params = build(name)
     expected = g.evaluate(feeds)
     got = gc.compile(g, backend="cupy")(feeds)
@@ -453,7 +445,7 @@ def test_gpu_per_example_grads_match_reference(name):
 
 @pytest.mark.gpu
 def test_gpu_dp_sgd_step_matches_numpy_without_noise_and_draws_noise():
-    cp = _cupy()
+    cp = cupy_or_skip()
     for noise in (0.0, 1.0):
         g, cpu = dp_program(lr=0.1, clip_per_example=0.5, noise=noise, seed=3)
         gpu = gc.compile(g, backend="cupy", loss="loss", optimizer=gc.SGD(0.1, clip_per_example=0.5, noise=noise,
