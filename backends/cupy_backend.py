@@ -52,7 +52,8 @@ def kernel_for(kind: str, expr, in_dtypes, out_dtype: str) -> tuple[Kernel, list
     names = {s: f"x{arg_index(s)}" for s in expr.free_symbols if arg_index(s) is not None}
     dims = sorted({s.name for s in expr.free_symbols if arg_index(s) is None})
     names.update({s: s.name for s in expr.free_symbols if arg_index(s) is None})
-    params = [f"{t} x{i}" for i, t in enumerate(in_dtypes)] + [f"{DIM_TYPE} {d}" for d in dims]
+    kinds = {s.name: DIM_TYPE if s.is_integer else "float64" for s in expr.free_symbols if arg_index(s) is None}
+    params = [f"{t} x{i}" for i, t in enumerate(in_dtypes)] + [f"{kinds[d]} {d}" for d in dims]
     body = " ".join(CudaPrinter(names).statements(expr, "y", C_TYPES[out_dtype]))
     kernel = Kernel(kind, ", ".join(params), f"{out_dtype} y", body, C_TYPES[out_dtype])
     return kernel, dims

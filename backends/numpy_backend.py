@@ -777,7 +777,7 @@ def _check_finite(name, op, value):
         self._checks(w)
         for fname, fe in fns:
             self._buffers(w, fname, fe)
-            args = ", ".join(["B", *(d.name for d in self.dims), *fe.graph.inputs, *fe.graph.params])
+            args = ", ".join(["B", *(d.name for d in self.dims), *fe.graph.inputs, *fe.graph.params, *fe.graph.hypers])
             w.line("")
             with w.block(f"def {fname}({args}):"):
                 w.lines.extend(body[fname].lines)
@@ -883,7 +883,9 @@ def _check_finite(name, op, value):
         if len(fns) > 1:
             w.line("")
             w.line("")
-            with w.block("def train_step(params, batch):"):
+            hypers = self.train_graph.hypers
+            signature = "".join(f", {k}={v!r}" for k, v in hypers.items())
+            with w.block(f"def train_step(params, batch{signature}):"):
                 w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
                 w.line(f"dims = _check(batch, {tuple(inputs)!r})")
                 w.line(f"_check(params, {tuple(params)!r}, dims)")
@@ -891,6 +893,6 @@ def _check_finite(name, op, value):
                 w.line("B = _train_cache.get(dims)")
                 with w.block("if B is None:"):
                     w.line("B = _train_cache[dims] = _train_allocate(*dims)")
-                args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params)])
+                args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), *hypers])
                 self._train_return(w, f"_train(B, *dims, {args})")
         del dims

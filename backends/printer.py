@@ -78,8 +78,9 @@ COMPARE = {sympy.StrictGreaterThan: "greater", sympy.GreaterThan: "greater_equal
 
 
 def is_scalar(expr) -> bool:
-    """No arrays in it (inputs ``_i`` or common subexpressions): a number, or made of symbolic dims."""
-    return all(s.is_integer and s.is_positive for s in expr.free_symbols)
+    """No arrays in it (inputs ``_i`` or common subexpressions): a number, or made of symbolic dims and
+    hyper-parameters (the learning rate), the only symbols declared positive."""
+    return all(s.is_positive for s in expr.free_symbols)
 
 
 class UfuncChain:

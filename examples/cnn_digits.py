@@ -1,8 +1,8 @@
 """A small CNN on the handwritten digits that ship with scikit-learn (8×8 images, no download).
 
 Two conv + relu + 2×2 max-pool blocks, a hidden dense layer, softmax cross-entropy. The model is declared with
-graphc and built twice into standalone files under build/ (plain SGD with the learning rate baked in: 0.1, then
-0.01 for the last epochs); training runs their train_step on minibatches, prediction the same file's run().
+graphc and built into a standalone file under build/; training runs its train_step on minibatches (plain SGD, the
+learning rate 0.1, then 0.01 for the last epochs, passed per step), prediction the same file's run().
 Needs the examples extra: pip install "graphc[examples]".
 """
 # ruff: noqa: E402 - the BLAS thread count must be set before NumPy is imported
@@ -60,11 +60,11 @@ with gc.Graph("cnn_digits") as g:
     loss = gc.mean(gc.softmax_cross_entropy(logits, t))
     g.output(loss=loss, logits=logits)
 
-# Build: one file per learning rate, each with run(), init_params() and train_step().
-models = {lr: load(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=lr))
-                   .emit(BUILD / f"cnn_digits_lr{str(lr).replace('.', '_')}_numpy.py")) for lr, _ in SCHEDULE}
+# Build one file with run(), init_params() and train_step(params, batch, lr=...).
+cnn = load(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=SCHEDULE[0][0]))
+           .emit(BUILD / "cnn_digits_numpy.py"))
 
-params = models[SCHEDULE[0][0]].init_params(seed=0)
+params = cnn.init_params(seed=0)
 rng = np.random.default_rng(0)
 epochs = [lr for lr, n in SCHEDULE for _ in range(n)]
 bar = tqdm(epochs, desc="training", unit="epoch", disable=not sys.stderr.isatty())
@@ -73,13 +73,13 @@ for lr in bar:
     total, count = 0.0, 0
     for start in range(0, len(order) - BATCH + 1, BATCH):  # full minibatches: one set of buffers
         idx = order[start:start + BATCH]
-        out = models[lr].train_step(params, {"x": X_train[idx], "t": y_train[idx]})
+        out = cnn.train_step(params, {"x": X_train[idx], "t": y_train[idx]}, lr=lr)
         total, count = total + float(out["loss"]) * len(idx), count + len(idx)
     bar.set_postfix(lr=lr, loss=f"{total / count:.4f}")
 print(f"training loss of the last epoch: {total / count:.4f}")
 
 # run() takes inputs and params together and works for any batch size m: here the whole test set at once.
-out = models[SCHEDULE[0][0]].run({"x": X_test, "t": y_test, **params})
+out = cnn.run({"x": X_test, "t": y_test, **params})
 accuracy = (out["logits"].argmax(axis=1) == y_test).mean()
 print(f"test loss: {float(out['loss']):.4f}")
 print(f"test accuracy: {accuracy:.4f}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import sympy
 
 from graphc import shapes
 from graphc.errors import GraphError
@@ -47,6 +48,7 @@ def evaluate(graph, feeds: dict, outputs=None) -> dict:
         raise GraphError(f"graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
     needed = graph.needed(graph.outputs[n] for n in names)
     env, values = check_feeds(graph, feeds, needed)
+    env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()})
     for nid in graph.order(needed):
         if nid in values:
             continue

@@ -67,6 +67,7 @@ class Graph:
         self.outputs: dict[str, int] = {}
         self.grads: list[GradRequest] = []
         self.updates: dict[str, int] = {}  # param name -> node computing its new value (training step)
+        self.hypers: dict[str, float] = {}  # scalar hyper-parameters (the learning rate): name -> default value
         self.phase = "forward"
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
@@ -250,6 +251,7 @@ class Rebuild:
         new.params = {k: m[v] for k, v in old.params.items() if v in m}
         new.outputs = {k: m[v] for k, v in old.outputs.items()}
         new.updates = {k: m[v] for k, v in old.updates.items()}
+        new.hypers = dict(old.hypers)
         for name, nid in new.outputs.items():
             if new.nodes[nid].op not in ("input", "param"):
                 new.rename(nid, name)

@@ -37,10 +37,11 @@ class Program:
     def run(self, feeds: dict) -> dict:
         return self.module.run(feeds)
 
-    def train_step(self, params: dict, batch: dict) -> dict:
+    def train_step(self, params: dict, batch: dict, **hypers) -> dict:
+        """One SGD step in place; ``lr=`` overrides the compiled learning rate for this step."""
         if not hasattr(self.module, "train_step"):
             raise GraphError("this program has no training step: compile with loss= and optimizer=")
-        return self.module.train_step(params, batch)
+        return self.module.train_step(params, batch, **hypers)
 
     def init_params(self, seed: int = 0) -> dict:
         return self.module.init_params(seed)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy
+
 from graphc.autodiff import grad
 from graphc.dsl import Tensor
 from graphc.errors import GraphError
 from graphc.ir import Rebuild
 from graphc.ops.elementwise import arg, ew
-from graphc.ops.elementwise import scalar as exact
+
+LR = sympy.Symbol("lr", positive=True)  # an argument of the generated train_step, defaulting to SGD's lr
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class SGD:
         return dp_sgd_gradients(loss, params, self.clip_per_example, self.noise, self.seed)
 
     def update(self, param: Tensor, g: Tensor) -> Tensor:
-        return ew(arg(0) - exact(self.lr) * arg(1), [param, g], "sgd_update")
+        return ew(arg(0) - LR * arg(1), [param, g], "sgd_update")
 
 
 def training_graph(graph, loss: str, optimizer):
@@ -64,6 +67,7 @@ def training_graph(graph, loss: str, optimizer):
     if missing:
         for p, g in zip(missing, grad(loss_t, missing)):
             existing[p.id] = g.id
+    new.hypers["lr"] = float(optimizer.lr)
     with new.in_phase("update"):
         for p in params:
             new_value = optimizer.update(p, Tensor(new, existing[p.id]))

@@ -159,3 +159,15 @@ def test_builds_in_separate_processes_are_byte_identical(tmp_path):
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert outputs[0] == outputs[1]
+
+
+def test_learning_rate_is_an_argument_of_train_step():
+    g, feeds = mlp(dtype="float64")
+    prog = gc.compile(g, loss="loss", optimizer=gc.SGD(lr=0.3))
+    assert "def train_step(params, batch, lr=0.3):" in prog.source
+    params = gc.init_params(g, seed=1)
+    expected = g.evaluate({**params, **feeds})
+    before = {k: v.copy() for k, v in params.items()}
+    prog.train_step(params, feeds, lr=0.05)
+    for name in before:
+        assert rel_error(params[name], before[name] - 0.05 * expected[f"d{name}"]) <= 1e-12, name

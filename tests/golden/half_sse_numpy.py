@@ -120,16 +120,16 @@ def _train_allocate(m):
 
 _train_cache = {}
 
-def _train(B, m, x, t, W):
+def _train(B, m, x, t, W, lr):
     y = np.matmul(x, W, out=B[0])  # matmul  m×2
     dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
     sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
     dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
-    # sub: W - dW/10  3×2 (update of W, in place)
-    np.multiply(dW, -1/10, out=B[5])
-    np.add(W, B[5], out=W)
+    # sub: W - dW*lr  3×2 (update of W, in place)
+    np.multiply(dW, lr, out=B[5])
+    np.subtract(W, B[5], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 def run(feeds):
@@ -147,14 +147,14 @@ def init_params(seed=0):
     return {name: init_array(spec[2], _SHAPES[name](1), spec[1], seed, index) for index, (name, spec) in enumerate(PARAMS.items())}
 
 
-def train_step(params, batch):
+def train_step(params, batch, lr=0.1):
     """One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""
     dims = _check(batch, ('x', 't'))
     _check(params, ('W',), dims)
     B = _train_cache.get(dims)
     if B is None:
         B = _train_cache[dims] = _train_allocate(*dims)
-    return _train(B, *dims, batch['x'], batch['t'], params['W'])
+    return _train(B, *dims, batch['x'], batch['t'], params['W'], lr)
 
 
 def init_array(spec, shape, dtype, seed, index):
