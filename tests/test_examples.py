@@ -48,7 +48,7 @@ def test_example_runs(name, tmp_path):
         assert (tmp_path / "mlp_digits_numpy.py").is_file()
     if name == "cnn_digits.py":
         assert accuracy(proc.stdout) >= 0.98
-        assert (tmp_path / "cnn_digits_lr0_1_numpy.py").is_file()
+        assert (tmp_path / "cnn_digits_numpy.py").is_file()
     if name == "linear_regression.py":
         assert "max |dL/dy - (y - t)| = 0.0" in proc.stdout
         assert "equals W - lr*dW: True" in proc.stdout
