@@ -17,7 +17,7 @@ from graphc.backends.printer import NumPyScalarPrinter, UfuncChain
 from graphc.errors import GraphError
 from graphc.initializers import init_array
 from graphc.ops import reduced_shape
-from graphc.schedule import FED, VIEWS, plan
+from graphc.schedule import FED, VIEWS, deferred_updates, plan
 
 BACKEND = "numpy"
 
@@ -482,15 +482,19 @@ class FunctionEmitter:
         self.var: dict[int, str] = {}
         self.helpers: dict[str, tuple] = {}
         needed = graph.needed(graph.roots())
-        self.updates = {nid: name for name, nid in graph.updates.items()}
+        updates = {nid: name for name, nid in graph.updates.items()}
+        late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
+        self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
+        self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
         for name, nid in {**graph.inputs, **graph.params}.items():
             self.var[nid] = name
         names = Names(self.var.values())
         for nid in sorted(needed):
             if nid not in self.var:
-                self.var[nid] = names.fresh(self._wanted(graph.nodes[nid]))
+                wanted = f"new_{self.deferred[nid]}" if nid in self.deferred else self._wanted(graph.nodes[nid])
+                self.var[nid] = names.fresh(wanted)
         self.names = names
-        keep = set(graph.outputs.values())
+        keep = set(graph.outputs.values()) | set(self.deferred)
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
@@ -581,6 +585,8 @@ class FunctionEmitter:
                 for text in st.lines:
                     w.line(text)
             self._check_numerics(w, node, name)
+        for nid, param in self.deferred.items():
+            w.line(f"np.copyto({param}, {self.var[nid]})  # update of {param}, last: statements above read it")
 
     def describe(self, node) -> str:
         """The comment of a node's statement: its op, with an elementwise expression in terms of variables."""

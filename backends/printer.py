@@ -113,6 +113,11 @@ class UfuncChain:
             self.names[sym] = self._materialize(sub, bool_result(sub))
         reduced = reduced.xreplace(scalars)
         self.protected = target in self.names.values()
+        if self.protected and not _one_step(reduced):  # an in-place update that reads its target twice
+            tmp, self.protected = self.temp(self.dtype), False
+            self.into(reduced, tmp)
+            self.lines.append(f"np.copyto({target}, {tmp})")
+            return self.lines
         self.into(reduced, target)
         return self.lines
 
@@ -398,3 +403,9 @@ class CudaPrinter(C99CodePrinter):
             lines.append(f"const {'bool' if bool_result(sub) else ctype} {local} = {self._print(sub)};")
         lines.append(f"{out} = {self._print(reduced)};")
         return lines
+
+
+def _one_step(expr) -> bool:
+    """A sum or product of two terms: one ufunc call writes the result, after both operands are computed
+    elsewhere, so the result may go straight into an array the expression reads (p − lr·g into p)."""
+    return (expr.is_Add or expr.is_Mul) and len(expr.args) == 2 and not any(_is_mask(a) for a in expr.args)

@@ -30,24 +30,39 @@ class Plan:
     scratch: dict[int, list[int]] = field(default_factory=dict)  # node id -> scratch buffer indices
 
 
+def reads(graph, order) -> tuple[dict, dict]:
+    """(storage, last read): the node owning each node's memory (views share it), and the position in
+    ``order`` of the last statement reading each storage."""
+    position = {nid: i for i, nid in enumerate(order)}
+    storage, last_read = {}, {}
+    for nid in order:
+        node = graph.nodes[nid]
+        storage[nid] = storage.get(node.inputs[0], node.inputs[0]) if node.op in VIEWS else nid
+        for src in node.inputs:
+            root = storage.get(src, src)
+            last_read[root] = max(last_read.get(root, -1), position[nid])
+    return storage, last_read
+
+
+def deferred_updates(graph, nodes, updates: dict) -> set:
+    """Of ``updates`` (node -> the param it overwrites in place), those that would overwrite their param while
+    a later statement still reads the old value (another param's update, or a view of the param): they are
+    computed into a buffer of their own and copied into the param after every other statement."""
+    order = sorted(nodes)
+    position = {nid: i for i, nid in enumerate(order)}
+    _, last_read = reads(graph, order)
+    return {u for u, param in updates.items() if last_read.get(param, -1) > position[u]}
+
+
 def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Plan:
-    """Plan ``nodes`` (ids) of ``graph``. ``keep_alive`` ids (outputs) are never overwritten.
+    """Plan ``nodes`` (ids) of ``graph``. ``keep_alive`` ids (outputs, deferred updates) are never overwritten.
 
     ``needs_buffer(node)`` says whether a node gets a planned buffer (default: all but sources and views);
     ``scratch_for(node)`` lists (shape, dtype) of the temporaries its statements need.
     """
     order = sorted(nodes)
-    position = {nid: i for i, nid in enumerate(order)}
-    storage = {}
-    for nid in order:
-        node = graph.nodes[nid]
-        storage[nid] = storage.get(node.inputs[0], node.inputs[0]) if node.op in VIEWS else nid
+    storage, last_use = reads(graph, order)
     end = len(order)
-    last_use = {}
-    for nid in order:
-        for src in graph.nodes[nid].inputs:
-            root = storage.get(src, src)
-            last_use[root] = max(last_use.get(root, -1), position[nid])
     for nid in keep_alive:
         last_use[storage.get(nid, nid)] = end
     needs_buffer = needs_buffer or (lambda n: n.op not in VIEWS and n.op not in FED and n.op != "const")
