@@ -60,3 +60,13 @@ def test_an_update_never_reads_a_param_another_update_already_wrote(level):
                 "c": start["c"] - 0.1 * start["d"].T, "d": start["d"] - 0.1 * start["c"].T}
     for name in expected:
         assert rel_error(params[name], expected[name]) <= 1e-12, name
+
+
+def test_a_comparison_sympy_decides_is_still_boolean():
+    with gc.Graph("same") as g:
+        x = gc.input("x", (3,), dtype="float64")
+        never = x > x  # sympy folds it to False
+        g.output(y=gc.where(never, x, 2 * x))
+    assert never.dtype == "bool"
+    feeds = {"x": np.arange(3.0)}
+    assert np.array_equal(gc.compile(g)(feeds)["y"], g.evaluate(feeds)["y"])

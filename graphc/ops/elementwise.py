@@ -100,8 +100,8 @@ FUNCTIONS = (Sigmoid, Softplus, Where, Positive, Relu, Maximum, Minimum)
 
 # -- the ew op ----------------------------------------------------------------------------------------
 def result_dtype(expr, dtypes) -> str:
-    if isinstance(expr, (Relational, sympy.logic.boolalg.BooleanFunction)):
-        return "bool"
+    if isinstance(expr, (Relational, sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom)):
+        return "bool"  # a comparison, also one sympy decided already (x > x is False)
     numeric = [d for d in dtypes if d != "bool"] or list(dtypes)
     dtype = promote(*numeric) if numeric else "float32"
     if is_float(dtype):
