@@ -869,8 +869,9 @@ def _check_finite(name, op, value):
         dims = ", ".join(d.name for d in self.dims)
         inputs = list(g.inputs)
         params = list(g.params)
-        with w.block("def run(feeds):"):
-            w.line('"""The graph\'s outputs (fresh arrays) for feeds: every input and param by name."""')
+        with w.block("def run(feeds, copy=True):"):
+            w.line('"""The graph\'s outputs for feeds (every input and param by name): fresh arrays, or with')
+            w.line('copy=False the module\'s reused buffers themselves, valid until the next call."""')
             w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
             self._to_device(w, "feeds")
             w.line("B = _compute_cache.get(dims)")
@@ -878,7 +879,8 @@ def _check_finite(name, op, value):
                 w.line("B = _compute_cache[dims] = _compute_allocate(*dims)")
             args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
             w.line(f"out = _compute(B, *dims, {args})")
-            w.line(f"return {{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}")
+            fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
+            w.line(f"return {fresh} if copy else out")
         w.line("")
         w.line("")
         with w.block("def init_params(seed=0):"):

@@ -31,11 +31,12 @@ class Program:
             self._module = module
         return self._module
 
-    def __call__(self, feeds: dict) -> dict:
-        return self.module.run(feeds)
+    def __call__(self, feeds: dict, copy: bool = True) -> dict:
+        return self.module.run(feeds, copy)
 
-    def run(self, feeds: dict) -> dict:
-        return self.module.run(feeds)
+    def run(self, feeds: dict, copy: bool = True) -> dict:
+        """The outputs; ``copy=False`` returns the module's reused buffers (valid until the next call)."""
+        return self.module.run(feeds, copy)
 
     def train_step(self, params: dict, batch: dict, **hypers) -> dict:
         """One SGD step in place; ``lr=`` overrides the compiled learning rate for this step."""

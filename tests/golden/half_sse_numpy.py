@@ -132,14 +132,15 @@ def _train(B, m, x, t, W, lr):
     np.subtract(W, B[5], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
-def run(feeds):
-    """The graph's outputs (fresh arrays) for feeds: every input and param by name."""
+def run(feeds, copy=True):
+    """The graph's outputs for feeds (every input and param by name): fresh arrays, or with
+    copy=False the module's reused buffers themselves, valid until the next call."""
     dims = _check(feeds, ('x', 't', 'W'))
     B = _compute_cache.get(dims)
     if B is None:
         B = _compute_cache[dims] = _compute_allocate(*dims)
     out = _compute(B, *dims, feeds['x'], feeds['t'], feeds['W'])
-    return {name: np.array(value, copy=True) for name, value in out.items()}
+    return {name: np.array(value, copy=True) for name, value in out.items()} if copy else out
 
 
 def init_params(seed=0):
