@@ -139,6 +139,7 @@ class ModuleEmitter(base.ModuleEmitter):
         super().__init__(*args, **kwargs)
         self.kernels: dict[Kernel, str] = {}
         self.kernel_names = Names()
+        self.runtime.add("device")
 
     def kernel(self, kernel: Kernel, label: str) -> str:
         """The module-level name of ``kernel``, defined once however many nodes launch it."""
@@ -149,7 +150,18 @@ class ModuleEmitter(base.ModuleEmitter):
     def _array_text(self, host: str) -> str:
         return f"cp.asarray({host})"
 
-    RUNTIME = {k: v for k, v in base.ModuleEmitter.RUNTIME.items() if k in ("feeds", "numerics")}
+    RUNTIME = {**{k: v for k, v in base.ModuleEmitter.RUNTIME.items() if k in ("feeds", "numerics")}, "device": '''
+def _device(arrays):
+    """The arrays on the GPU (host NumPy arrays are copied over)."""
+    return {name: cp.asarray(value) for name, value in arrays.items()}
+
+
+def _write_back(host, device):
+    """Copy updated device arrays back into the host NumPy arrays they came from."""
+    for name, value in host.items():
+        if isinstance(value, np.ndarray):
+            value[...] = device[name].get()
+'''}
 
     def _definitions(self, w: CodeWriter) -> None:
         super()._definitions(w)
@@ -158,18 +170,6 @@ class ModuleEmitter(base.ModuleEmitter):
         for kernel, name in self.kernels.items():
             for text in kernel.definition(name):
                 w.line(text)
-        w.line("")
-        w.line("")
-        with w.block("def _device(arrays):"):
-            w.line('"""The arrays on the GPU (host NumPy arrays are copied over)."""')
-            w.line("return {name: cp.asarray(value) for name, value in arrays.items()}")
-        w.line("")
-        w.line("")
-        with w.block("def _write_back(host, device):"):
-            w.line('"""Copy updated device arrays back into the host NumPy arrays they came from."""')
-            with w.block("for name, value in host.items():"):
-                with w.block("if isinstance(value, np.ndarray):"):
-                    w.line("value[...] = device[name].get()")
         w.line("")
         w.line("")
 

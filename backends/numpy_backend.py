@@ -719,8 +719,8 @@ class _Buffers(list):
 ''', "numerics": '''
 def _check_finite(name, op, value):
     """Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""
-    if not np.all(np.isfinite(value)):
-        bad = "NaN" if np.any(np.isnan(value)) else "Inf"
+    if not XP.all(XP.isfinite(value)):
+        bad = "NaN" if XP.any(XP.isnan(value)) else "Inf"
         raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
 '''}
 
@@ -728,7 +728,7 @@ def _check_finite(name, op, value):
         """Module-level definitions the functions use: runtime helpers (the kernels, for CuPy)."""
         for key, text in self.RUNTIME.items():
             if key in self.runtime:
-                text = text.replace("ARRAY_TYPES", self.ARRAY).replace("np.", f"{self.XP}.")
+                text = text.replace("ARRAY_TYPES", self.ARRAY).replace("XP.", f"{self.XP}.")
                 w.lines.extend(text.strip().splitlines())
                 w.line("")
                 w.line("")
