@@ -1,8 +1,6 @@
 """Symbolic shapes: dims are sympy expressions (``m``, ``m*28``, integers); NumPy broadcasting on them."""
 from __future__ import annotations
 
-import math
-
 import sympy
 
 from graphc.errors import GraphError
@@ -116,12 +114,3 @@ def bind(shape: Shape, actual: tuple[int, ...], env: dict) -> bool:
         if int(d.subs(env)) != n:
             return False
     return True
-
-
-def as_int(d) -> int | None:
-    """``d`` as a Python int where it is a number, else None."""
-    return int(d) if sympy.sympify(d).is_number else None
-
-
-def prod(values) -> int:
-    return math.prod(values)

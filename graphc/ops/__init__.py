@@ -32,13 +32,8 @@ def defop(name: str, family: str, *, infer, impl, vjp=None) -> Op:
     return op
 
 
-def describe(node) -> str:
-    """How a tensor is named in messages: ``'x' (m, 784)`` or ``matmul#7 (m, 128)``."""
-    return node.label
-
-
 def fail(op: str, message: str, *nodes) -> GraphError:
-    operands = ", ".join(describe(n) for n in nodes)
+    operands = ", ".join(n.label for n in nodes)  # 'x' (m, 784) or matmul#7 (m, 128)
     return GraphError(f"{op}: {message}" + (f" [operands: {operands}]" if operands else ""))
 
 

@@ -95,9 +95,6 @@ class Minimum(sympy.Function):
         return Where(a <= b, 1, 0) if argindex == 1 else Where(a <= b, 0, 1)
 
 
-FUNCTIONS = (Sigmoid, Softplus, Where, Positive, Relu, Maximum, Minimum)
-
-
 # -- the ew op ----------------------------------------------------------------------------------------
 def result_dtype(expr, dtypes) -> str:
     if isinstance(expr, (Relational, sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom)):
