@@ -12,7 +12,8 @@ class CodeWriter:
         self.depth = 0
 
     def line(self, text: str = "") -> None:
-        self.lines.append(("    " * self.depth + text) if text else "")
+        for part in text.split("\n"):  # a statement may span lines (a loop and its body)
+            self.lines.append(("    " * self.depth + part) if part else "")
 
     def block(self, header: str):
         writer = self
@@ -31,7 +32,7 @@ class CodeWriter:
         return "\n".join(self.lines).rstrip() + "\n"
 
 
-RESERVED = {"np", "cp", "B", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
+RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
             "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
 
 

@@ -77,6 +77,9 @@ COMPARE = {sympy.StrictGreaterThan: "greater", sympy.GreaterThan: "greater_equal
            sympy.LessThan: "less_equal", sympy.Eq: "equal", sympy.Ne: "not_equal"}
 
 
+BLAS_ROW = 10_000  # elements per example from which np.dot per row beats einsum (measured, float32)
+
+
 def is_scalar(expr) -> bool:
     """No arrays in it (inputs ``_i`` or common subexpressions): a number, or made of symbolic dims and
     hyper-parameters (the learning rate), the only symbols declared positive."""
@@ -160,6 +163,8 @@ class UfuncChain:
     def _outer(self, args: list, out: str) -> None:
         """A product of two broadcast operands (an outer product, e.g. per-example x·dz) as one einsum pass:
         staging both at full size would write the big result three times."""
+        if self._outer_rows(args, out):
+            return
         ndim = len(self.full_shape)
         views, subscripts = [], []
         for a in args:
@@ -170,6 +175,24 @@ class UfuncChain:
             views.append(f"{a}.reshape(({dims}{',' if len(axes) == 1 else ''}))" if len(axes) < len(shape) else a)
         spec = f"{','.join(subscripts)}->{''.join(chr(97 + i) for i in range(ndim))}"
         self.lines.append(f"np.einsum({spec!r}, {', '.join(views)}, out={out})")
+
+    def _outer_rows(self, args: list, out: str) -> bool:
+        """``(m, k, 1)·(m, 1, c)`` with rows of at least ``BLAS_ROW`` elements as one BLAS product per example:
+        once the result outgrows the caches, einsum's inner loop runs at about half the speed of writing memory
+        (``bench/per_example.py``)."""
+        shapes = [tuple(self.small[a][1]) for a in args]
+        if len(self.full_shape) != 3 or any(len(s) != 3 for s in shapes) or shapes[0][1] == 1:
+            args, shapes = args[::-1], shapes[::-1]
+        if len(self.full_shape) != 3 or any(len(s) != 3 for s in shapes):
+            return False
+        (m, k, one), (m_b, one_b, c) = shapes
+        if (one, one_b) != (1, 1) or m != m_b or not (m.is_Symbol and k.is_Integer and c.is_Integer) \
+                or k * c < BLAS_ROW or {self.small[a][0] for a in args} != {self.out_dtype(out)} \
+                or self.out_dtype(out) not in ("float32", "float64"):
+            return False
+        self.lines.append(f"for i in range({self.printer.doprint(m)}):  # one BLAS outer product per example\n"
+                          f"    np.dot({args[0]}[i], {args[1]}[i], out={out}[i])")
+        return True
 
     def out_dtype(self, out: str) -> str:
         return self.dtypes.get(out, self.dtype)

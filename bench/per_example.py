@@ -6,7 +6,8 @@ Times the generated NumPy module (``gc.compile(g, backend="numpy")``) for: one o
 of the batch; the per-example gradients of the batch (``gc.per_example_grads``); DP-SGD's clipped mean gradient
 (``gc.clipped_mean_grads``) and the per-example gradient norms (``gc.per_example_norms``), neither of which
 builds the per-example arrays of a dense layer; and ``batch``
-single-example forward+backward passes. With PyTorch installed, ``torch.func.vmap(grad)`` is timed too.
+single-example forward+backward passes; and, as the floor of any materialized result, filling an array of the
+per-example gradients' size. With PyTorch installed, ``torch.func.vmap(grad)`` is timed too.
 Ratios are to the ordinary pass.
 """
 from __future__ import annotations
@@ -96,6 +97,10 @@ def main(argv=None) -> None:
     ordinary = programs["grads"]
     rows.append((f"{args.batch} single-example passes",
                  best_time(lambda: [ordinary(f, copy=False) for f in one_rows], max(3, args.repeat // 5))))
+    n_params = sum(int(np.prod(v.shape)) for v in params.values())
+    result = np.empty(args.batch * n_params, np.float32)
+    rows.append((f"writing {args.batch} × {n_params} float32 once (fill: the memory floor)",
+                 best_time(lambda: result.fill(1.0), args.repeat)))
     peer = torch_vmap(feeds, args.repeat)
     if peer is not None:
         rows.append(("torch.func vmap(grad) per-example", peer))
@@ -108,14 +113,15 @@ def main(argv=None) -> None:
     print("|---|---:|---:|")
     for what, seconds in rows:
         print(f"| {labels.get(what, what)} | {seconds * 1e3:.2f} | {seconds / base:.1f} |")
-    per_example, clipped, singles = rows[1][1], rows[2][1], rows[4][1]
-    n_params = sum(int(np.prod(v.shape)) for v in params.values())
+    per_example, clipped, singles, floor = rows[1][1], rows[2][1], rows[4][1], rows[5][1]
     print(f"\nthe per-example gradients are {args.batch} × {n_params} float32 = "
           f"{args.batch * n_params * 4 / 1e6:.0f} MB (timed with run(copy=False)): writing them dominates; the "
           "norms and the clipped mean never build them.")
-    print(f"per-example gradients: {per_example / base:.1f}× one backward pass, {per_example / singles:.2f}× the "
-          f"time of {args.batch} single-example passes; clipped mean gradients: {clipped / base:.1f}× one backward "
-          f"pass, {clipped / singles:.3f}× the time of {args.batch} single-example passes.")
+    print(f"per-example gradients: {per_example / base:.1f}× one backward pass ({per_example / floor:.1f}× the "
+          f"memory floor), {per_example / singles:.2f}× the time of {args.batch} single-example passes, "
+          f"{per_example / (args.batch * base):.3f}× {args.batch} ordinary backward passes (one per example's loss); "
+          f"clipped mean gradients: {clipped / base:.1f}× one backward pass, {clipped / singles:.3f}× the time of "
+          f"{args.batch} single-example passes.")
 
 if __name__ == "__main__":
     main()

@@ -342,6 +342,22 @@ def test_numpy_backend_emits_per_example_grads(name, opt_level):
         assert rel_error(got[f"pe_{p}"], expected[f"pe_{p}"]) <= 1e-10, p
 
 
+@pytest.mark.parametrize("dtype", ["float32", F64])
+def test_wide_dense_layer_per_example_grads_take_one_blas_product_per_example(dtype):
+    # rows of 100·120 elements: the NumPy backend writes them with np.dot per example instead of einsum
+    with gc.Graph("wide") as g:
+        x, t = gc.input("x", (m, 100), dtype=dtype), gc.input("t", (m, 120), dtype=dtype)
+        W = gc.param("W", (100, 120), dtype=dtype)
+        g.output(pe_W=gc.per_example_grads(gc.sum(gc.square(x @ W - t), axis=1), [W])[0])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.normal(size=s).astype(dtype) for k, s in (("x", (9, 100)), ("t", (9, 120)), ("W", (100, 120)))}
+    program = gc.compile(g, backend="numpy")
+    assert "for i in range(m):" in program.source and "np.dot(" in program.source
+    dz = 2 * (feeds["x"].astype(F64) @ feeds["W"] - feeds["t"])  # d loss_i / d z_i, by hand
+    expected = feeds["x"].astype(F64)[:, :, None] * dz[:, None, :]
+    assert rel_error(program(feeds)["pe_W"], expected) <= (1e-5 if dtype == "float32" else 1e-12)
+
+
 def dp_program(**sgd):
     with gc.Graph("dp") as g:
         losses, _ = mlp()
