@@ -181,14 +181,15 @@ class UfuncChain:
         once the result outgrows the caches, einsum's inner loop runs at about half the speed of writing memory
         (``bench/per_example.py``)."""
         shapes = [tuple(self.small[a][1]) for a in args]
-        if len(self.full_shape) != 3 or any(len(s) != 3 for s in shapes) or shapes[0][1] == 1:
-            args, shapes = args[::-1], shapes[::-1]
         if len(self.full_shape) != 3 or any(len(s) != 3 for s in shapes):
             return False
+        if shapes[0][2] != 1:  # the (m, 1, c) operand came first
+            args, shapes = args[::-1], shapes[::-1]
         (m, k, one), (m_b, one_b, c) = shapes
+        dtype = self.out_dtype(out)
         if (one, one_b) != (1, 1) or m != m_b or not (m.is_Symbol and k.is_Integer and c.is_Integer) \
-                or k * c < BLAS_ROW or {self.small[a][0] for a in args} != {self.out_dtype(out)} \
-                or self.out_dtype(out) not in ("float32", "float64"):
+                or k * c < BLAS_ROW or dtype not in ("float32", "float64") \
+                or any(self.small[a][0] != dtype for a in args):
             return False
         self.lines.append(f"for i in range({self.printer.doprint(m)}):  # one BLAS outer product per example\n"
                           f"    np.dot({args[0]}[i], {args[1]}[i], out={out}[i])")
