@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: BLAS threads cost more than they save
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -24,14 +23,6 @@ import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
 SCHEDULE, BATCH = [(0.1, 15), (0.01, 5)], 32  # (learning rate, epochs)
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # The data: 1797 images of 8×8 pixels with values 0..16, as (n, 1, 8, 8) float32 in [0, 1]; a fixed 75/25 split.
@@ -61,7 +52,7 @@ with gc.Graph("cnn_digits") as g:
     g.output(loss=loss, logits=logits)
 
 # Build one file with run(), init_params() and train_step(params, batch, lr=...).
-cnn = load(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=SCHEDULE[0][0]))
+cnn = gc.load_module(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=SCHEDULE[0][0]))
            .emit(BUILD / "cnn_digits_numpy.py"))
 
 params = cnn.init_params(seed=0)

@@ -4,7 +4,6 @@ The gradient of this loss w.r.t. the prediction y is exactly y − t: the 0.5 an
 graphc folds them away, so no stray factor appears in the generated file. We check that, then take one SGD step
 with the generated train_step and compare it with W − lr·dW.
 """
-import importlib.util
 import os
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
 LR = 0.1
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # 1. Declare the model. m is the symbolic batch size: the generated code works for any m.
@@ -39,7 +30,7 @@ with gc.Graph("linear_regression") as g:
 # 2. Build: optimize, emit a standalone NumPy file, and import it.
 prog = gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=LR))
 path = prog.emit(BUILD / "linear_regression_numpy.py")
-model = load(path)
+model = gc.load_module(path)
 print(f"wrote {path}")
 
 # 3. Run it on a small batch.

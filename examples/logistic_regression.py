@@ -3,7 +3,6 @@
 Two Gaussian blobs in the plane, a linear score z = x·w + b, the mean logistic loss, a few hundred full-batch SGD
 steps with the generated train_step, then the accuracy from the generated run().
 """
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,14 +11,6 @@ import numpy as np
 import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # Synthetic, linearly separable data: label 1 above the line x0 + x1 = 0, with a margin.
@@ -39,7 +30,7 @@ with gc.Graph("logistic_regression") as g:
     g.output(loss=loss, p=gc.sigmoid(z))
 
 prog = gc.compile(g, loss="loss", optimizer=gc.SGD(lr=0.5))
-model = load(prog.emit(BUILD / "logistic_regression_numpy.py"))
+model = gc.load_module(prog.emit(BUILD / "logistic_regression_numpy.py"))
 
 params = model.init_params(seed=0)
 batch = {"x": X, "t": T}

@@ -3,7 +3,6 @@
 The model is declared with graphc, built into build/mlp_digits_numpy.py, and trained with that file's train_step on
 minibatches; predictions come from the same file's run(). Needs the examples extra: pip install "graphc[examples]".
 """
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -17,14 +16,6 @@ import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
 EPOCHS, BATCH, LR = 20, 16, 0.3
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # The data: 1797 images of 8×8 pixels with values 0..16, scaled to [0, 1] float32; a fixed 75/25 split.
@@ -49,7 +40,7 @@ with gc.Graph("mlp_digits") as g:
 
 # Build: the generated file has run(), init_params() and train_step() (SGD with the learning rate baked in).
 prog = gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=LR))
-model = load(prog.emit(BUILD / "mlp_digits_numpy.py"))
+model = gc.load_module(prog.emit(BUILD / "mlp_digits_numpy.py"))
 
 params = model.init_params(seed=0)
 rng = np.random.default_rng(0)

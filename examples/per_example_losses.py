@@ -3,7 +3,6 @@
 The training step differentiates the scalar mean `loss`; the vector `losses` (one value per example) is just another
 output of the same generated file, so it costs nothing extra. Each epoch we rank the training set by it.
 """
-import importlib.util
 import os
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
 EPOCHS, BATCH, LR = 4, 16, 0.3
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 digits = load_digits()
@@ -42,7 +33,7 @@ with gc.Graph("per_example") as g:
     g.output(loss=loss, losses=losses, logits=logits)
 
 prog = gc.compile(g, loss="loss", optimizer=gc.SGD(lr=LR))
-model = load(prog.emit(BUILD / "per_example_numpy.py"))
+model = gc.load_module(prog.emit(BUILD / "per_example_numpy.py"))
 
 params = model.init_params(seed=0)
 rng = np.random.default_rng(0)

@@ -4,7 +4,6 @@ graphc recognizes softmax followed by cross-entropy and emits a fused, numerical
 differentiating through exp, sum, log and the division one op at a time. We compare the generated code with the
 formula computed in plain NumPy, and print the fused statements from the generated file.
 """
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -14,14 +13,6 @@ import numpy as np
 import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 m, k = gc.dim("m"), 5
@@ -34,7 +25,7 @@ with gc.Graph("softmax_gradient") as g:
 
 prog = gc.compile(g)
 path = prog.emit(BUILD / "softmax_gradient_numpy.py")
-model = load(path)
+model = gc.load_module(path)
 
 rng = np.random.default_rng(0)
 n = 6

@@ -5,7 +5,6 @@
 3. The gradient of the mean loss equals the mean of the per-example gradients, to rounding: the 1/m of the mean
    lands in the backward pass, and you can see it in the generated file.
 """
-import importlib.util
 import os
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import numpy as np
 import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
-
-
-def load(path):
-    """Import a generated file by its path: it is an ordinary Python module."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 m = gc.dim("m")
@@ -48,7 +39,7 @@ with gc.Graph("why_scalar") as g:
 
 prog = gc.compile(g)
 path = prog.emit(BUILD / "why_scalar_numpy.py")
-model = load(path)
+model = gc.load_module(path)
 
 rng = np.random.default_rng(0)
 n = 8

@@ -1,6 +1,6 @@
 """The command line: graphc build and explain, and errors in MODEL.py reported with file and line."""
-import importlib.util
 
+import graphc as gc
 from graphc.cli import main
 
 MODEL = '''
@@ -20,9 +20,7 @@ def test_build_writes_the_module_and_says_where(tmp_path, capsys):
     assert main(["build", str(model), "-o", str(tmp_path / "out"), "-O", "1", "--lr", "0.5"]) == 0
     path = tmp_path / "out" / "tiny_numpy.py"
     assert f"wrote {path} (run, init_params, train_step)" in capsys.readouterr().out
-    spec = importlib.util.spec_from_file_location("tiny_numpy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = gc.load_module(path)
     assert set(module.init_params(0)) == {"W"} and "opt level 1" in path.read_text()
     assert main(["build", str(model), "-o", str(tmp_path / "out")]) == 0  # its own file: overwritten
 
