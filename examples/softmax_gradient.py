@@ -47,7 +47,7 @@ print("each row sums to 0:", np.allclose(out["dz"].sum(axis=1), 0))
 # The fused gradient in the generated file: its header line and the statements that implement it (up to the next
 # statement that defines a new value, or the return).
 lines = prog.source.splitlines()
-start = next(i for i, line in enumerate(lines) if "softmax_xent_grad" in line and "=" in line)
+start = next(i for i, line in enumerate(lines) if "onehot(t)" in line and "=" in line)
 print(f"\nfrom {path}:")
 print("   ", lines[start].strip())
 for line in lines[start + 1:]:

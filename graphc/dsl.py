@@ -1,15 +1,19 @@
-"""The user's handle on a graph: ``Tensor`` with operator overloads, and the graph's sources.
+"""The DSL layer: the user's handle on a graph (``Tensor``), ``apply`` (add an op, shape-checked by its rule),
+and the graph's sources (``input``, ``param``, ``const``, ``fill``).
 
-Operators for each op family are attached by that family's module in ``graphc.ops`` (one place per op).
+Tensor's operators and methods are installed by ``graphc.ops.methods``, in one place.
 """
 from __future__ import annotations
 
 import numpy as np
 import sympy
 
-from graphc import shapes
-from graphc.errors import GraphError
-from graphc.ir import Graph, active_graph
+from graphc.core import shapes
+from graphc.core.dtypes import DTYPES
+from graphc.core.errors import GraphError
+from graphc.core.initializers import init_array
+from graphc.core.ir import Graph, active_graph
+from graphc.core.registry import OPS
 
 INITS = ("zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform")
 
@@ -64,7 +68,6 @@ class Tensor:
 
 def apply(op: str, inputs, graph: Graph | None = None, name: str | None = None, **attrs) -> Tensor:
     """Add ``op(inputs; attrs)`` to the inputs' graph, shape-checked by the op's rule."""
-    from graphc.ops import OPS
     graph = graph or same_graph(op, inputs)
     nodes = [graph.nodes[t.id] for t in inputs]
     shape, dtype = OPS[op].infer(nodes, attrs)
@@ -87,7 +90,7 @@ def _declare(kind: str, name: str, shape, dtype: str, **attrs) -> Tensor:
         raise GraphError(f"{kind} name {name!r} must be a Python identifier not starting with '_'")
     if name in g.inputs or name in g.params:
         raise GraphError(f"{kind} {name!r} is declared twice in graph {g.name!r}")
-    if dtype not in ("float32", "float64", "int64", "bool"):
+    if dtype not in DTYPES:
         raise GraphError(f"{kind} {name!r}: unsupported dtype {dtype!r} (float32, float64, int64 or bool)")
     dims = shapes.as_shape(shape, f"{kind} {name!r} shape")
     t = Tensor(g, g.add(kind, (), {"name": name, **attrs}, dims, dtype, name))
@@ -136,7 +139,6 @@ def fill(graph: Graph, value, shape, dtype: str) -> Tensor:
 
 def init_params(graph: Graph, seed: int = 0) -> dict:
     """Fresh parameter arrays, name -> ndarray, from each param's declared init (deterministic)."""
-    from graphc.initializers import init_array
     out = {}
     for index, (name, nid) in enumerate(graph.params.items()):
         node = graph.nodes[nid]

@@ -1,17 +1,32 @@
-"""``gc.compile``: optimize a graph, emit a backend module, load it, and run it."""
+"""The program layer: ``gc.compile`` (optimize a graph, emit a backend module, load it, run it) and the user's
+``gc.Graph``, the IR's graph with the methods that reach up to the diagrams."""
 from __future__ import annotations
 
 import builtins
-import importlib
 import types
 from pathlib import Path
 
-from graphc.errors import GraphError
-from graphc.files import write_atomic
+from graphc import viz
+from graphc.backends import BACKENDS
+from graphc.core import ir
+from graphc.core.errors import GraphError
+from graphc.core.files import write_atomic
+from graphc.optim import SGD, training_graph
 from graphc.passes import optimize
-from graphc.train import training_graph
 
-BACKENDS = ("numpy", "cupy")
+
+class Graph(ir.Graph):
+    """A static computation graph; also the ``with gc.Graph("name") as g:`` context of the DSL.
+
+    ``g.output(**named)`` declares outputs, ``g.evaluate(feeds)`` is the reference interpreter,
+    ``g.to_dot(stage)`` / ``g.to_mermaid(stage)`` draw it (forward, backward or optimized).
+    """
+
+    def to_dot(self, stage: str = "forward", **kw) -> str:
+        return viz.to_dot(self, stage=stage, **kw)
+
+    def to_mermaid(self, stage: str = "forward", **kw) -> str:
+        return viz.to_mermaid(self, stage=stage, **kw)
 
 
 class Program:
@@ -56,7 +71,7 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
             disable=(), check_numerics: bool = False) -> Program:
     """Optimize ``graph`` and emit a standalone module for ``backend``; with ``loss`` also a training step."""
     if backend not in BACKENDS:
-        raise GraphError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise GraphError(f"unknown backend {backend!r}; choose one of {tuple(BACKENDS)}")
     if not graph.outputs:
         raise GraphError(f"graph {graph.name!r} has no outputs: declare them with g.output(name=tensor)")
     if optimizer is not None and loss is None:
@@ -64,8 +79,6 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     optimized, records = optimize(graph, opt_level, disable)
     trained, train_records = None, []
     if loss is not None:
-        from graphc.train import SGD
         trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level, disable)
-    emitter = importlib.import_module(f"graphc.backends.{backend}_backend")
-    source = emitter.ModuleEmitter(optimized, trained, opt_level, check_numerics=check_numerics).source()
+    source = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics).source()
     return Program(graph, backend, source, records, train_records)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.gradcheck import fd_grads, rel_error
+from graphc.transforms.gradcheck import fd_grads, rel_error
 
 M = 3  # the size the symbolic batch dim ``m`` takes in tests
 m = gc.dim("m")

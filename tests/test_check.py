@@ -11,7 +11,7 @@ import pytest
 
 import graphc as gc
 from graphc import OPS, cli
-from graphc.check import as_float64, check_graph, parse_dims, table
+from graphc.cli.check import as_float64, check_graph, parse_dims, table
 
 m = gc.dim("m")
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.gradcheck import fd_grads, rel_error
+from graphc.core.shapes import as_shape
+from graphc.transforms.gradcheck import fd_grads, rel_error
 from graphc.passes import optimize
 
 from helpers import M, assert_grads_match_fd, concrete, m, op_graph, random_feeds
@@ -199,7 +200,7 @@ def test_flatten(start, want):
     assert tuple(g.nodes[g.outputs["y"]].shape) == want
     feeds = random_feeds(g)
     out = assert_grads_match_fd(g, feeds)
-    np.testing.assert_array_equal(out["y"], feeds["a0"].reshape(concrete(gc.shapes.as_shape(want))))
+    np.testing.assert_array_equal(out["y"], feeds["a0"].reshape(concrete(as_shape(want))))
 
 
 # -- a small CNN: the whole model against finite differences, and unchanged by the optimizer -----------

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends.cupy_backend import C_TYPES
-from graphc.gradcheck import rel_error
+from graphc.backends.cupy import C_TYPES
+from graphc.transforms.gradcheck import rel_error
 
 from helpers import cupy_or_skip, op_graph, random_feeds
 from models import MODELS, feeds_with_params

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.explain import random_feeds
-from graphc.gradcheck import rel_error
+from graphc.cli.explain import random_feeds
+from graphc.transforms.gradcheck import rel_error
 
 from models import half_sse, mlp
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.gradcheck import fd_grads, rel_error
+from graphc.transforms.gradcheck import fd_grads, rel_error
 
 from models import MODELS, feeds_with_params, half_sse, m, mlp
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.gradcheck import rel_error
+from graphc.transforms.gradcheck import rel_error
 
 from helpers import op_graph, random_feeds
 from models import MODELS, feeds_with_params

@@ -4,10 +4,10 @@ import pytest
 import sympy
 
 import graphc as gc
-from graphc.explain import measure, random_feeds
-from graphc.gradcheck import rel_error
+from graphc.cli.explain import measure, random_feeds
+from graphc.transforms.gradcheck import rel_error
 from graphc.passes import PASS_NAMES, optimize
-from graphc.train import training_graph
+from graphc.optim import training_graph
 
 from models import MODELS, feeds_with_params
 

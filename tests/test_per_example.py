@@ -6,7 +6,7 @@ import pytest
 
 import graphc as gc
 from graphc.dsl import fill
-from graphc.gradcheck import rel_error
+from graphc.transforms.gradcheck import rel_error
 from graphc.ops.shape import random_normal
 from graphc.passes import optimize
 

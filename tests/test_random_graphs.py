@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.gradcheck import fd_grads, rel_error
+from graphc.transforms.gradcheck import fd_grads, rel_error
 
 from helpers import concrete, m
 

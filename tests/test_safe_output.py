@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.files import is_generated, safe_write
+from graphc.core.files import is_generated, safe_write
 
 from helpers import m
 
@@ -59,7 +59,7 @@ def test_failed_write_leaves_previous_output(tmp_path, monkeypatch):
 
     def broken(*args):
         raise OSError("disk full")
-    monkeypatch.setattr("graphc.files.os.replace", broken)
+    monkeypatch.setattr("graphc.core.files.os.replace", broken)
     with pytest.raises(OSError):
         safe_write(path, "new text")
     assert path.read_text() == before

@@ -3,22 +3,29 @@
 Its VJP is derived with ``sympy.diff``; where a derivative mentions the node's own expression it is
 rewritten in terms of the forward output (sigmoid' = s(1-s), tanh' = 1-t², exp' = exp), so the backward
 pass reuses forward values. ``f'`` multiplies the incoming gradient elementwise: never a diagonal matrix.
+
+The functions an expression may call (exp, sigmoid, gelu, …) are records in ``FUNCTIONS``, filled by
+``graphc.ops.functions``: each says how it is computed for reference, lowered by every backend, and typed.
 """
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import reduce
 
 import numpy as np
 import sympy
-from sympy.codegen.cfunctions import log1p
 from sympy.core.relational import Relational
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.describe import expression
+from graphc.core.dtypes import is_float, promote
+from graphc.core.errors import GraphError
+from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply, const, same_graph
-from graphc.errors import GraphError
-from graphc.ops import defop, fail, is_float, promote
+from graphc.ops.batching import by_vjp, keep_batch, mixes
 
 
 def arg(i: int) -> sympy.Symbol:
@@ -31,16 +38,41 @@ def arg_index(sym) -> int | None:
     return int(name[1:]) if name.startswith("_") and name[1:].isdigit() else None
 
 
-# -- activations as sympy functions, derivatives through their own output -----------------------------
-class Sigmoid(sympy.Function):
-    def fdiff(self, argindex=1):
-        s = Sigmoid(self.args[0])
-        return s * (1 - s)
+# -- the functions an expression may call: one record each -----------------------------------------------
+@dataclass(frozen=True)
+class Fn:
+    """Everything about one elementwise function, beside its sympy class (which holds its derivative).
+
+    ``reference``: NumPy semantics for the evaluator (the oracle, independent of every backend's lowering).
+    Lowering, for every backend, is one of: ``numpy`` (a ufunc name, then constant arguments after the
+    function's own: ``("logaddexp", 0)`` is ``logaddexp(x, 0)``) with ``c`` (C text, ``{0}``… the arguments,
+    ``{T}`` the kernel's float type); or ``expand`` (an equivalent expression over simpler functions, lowered in
+    its place); or ``helper`` (a NumPy function ``helper(x, out=)`` copied into generated modules) with ``c``.
+    ``integral``: maps integers to integers, so an expression of int64 inputs stays int64.
+    """
+    sym: type
+    name: str
+    reference: Callable
+    numpy: tuple | None = None
+    c: str | None = None
+    expand: Callable | None = None
+    helper: Callable | None = None
+    integral: bool = False
 
 
-class Softplus(sympy.Function):
-    def fdiff(self, argindex=1):
-        return Sigmoid(self.args[0])
+FUNCTIONS: dict[type, Fn] = {}
+
+
+def register(fn: Fn) -> Fn:
+    if fn.sym in FUNCTIONS:
+        raise RuntimeError(f"elementwise function {fn.name!r} registered twice")
+    FUNCTIONS[fn.sym] = fn
+    return fn
+
+
+def record(expr) -> Fn | None:
+    """The record of the function ``expr`` applies, if it is one."""
+    return FUNCTIONS.get(type(expr)) or FUNCTIONS.get(getattr(expr, "func", None))
 
 
 class Where(sympy.Function):
@@ -59,40 +91,7 @@ class Where(sympy.Function):
         return Where(cond, sympy.diff(a, s), sympy.diff(b, s))
 
 
-class Positive(sympy.Function):
-    """1 where ``y > 0``, else 0, for ``y ≥ 0`` (a relu's output): relu' read off the forward value.
-
-    Knowing ``y ≥ 0`` lets NumPy compute it as ``sign(y)``, a float op, where a comparison would need a
-    bool→float cast (and NumPy's per-call cast buffer) before it can multiply a gradient.
-    """
-
-    @classmethod
-    def eval(cls, y):
-        return sympy.Integer(1 if y > 0 else 0) if y.is_number else None
-
-    def fdiff(self, argindex=1):
-        return sympy.S.Zero
-
-
-class Relu(sympy.Function):
-    @classmethod
-    def eval(cls, x):
-        return sympy.Max(x, 0) if x.is_number else None
-
-    def fdiff(self, argindex=1):  # relu(x) > 0 exactly where x > 0: the backward pass reads the output
-        return Positive(Relu(self.args[0]))
-
-
-class Maximum(sympy.Function):
-    def fdiff(self, argindex=1):
-        a, b = self.args  # ties send the gradient to the first operand
-        return Where(a >= b, 1, 0) if argindex == 1 else Where(a >= b, 0, 1)
-
-
-class Minimum(sympy.Function):
-    def fdiff(self, argindex=1):
-        a, b = self.args
-        return Where(a <= b, 1, 0) if argindex == 1 else Where(a <= b, 0, 1)
+register(Fn(Where, "where", np.where, numpy=("where",), c="({0} ? {1} : {2})", integral=True))
 
 
 # -- the ew op ----------------------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def result_dtype(expr, dtypes) -> str:
         return dtype
     integral = all(a.is_Add or a.is_Mul or a.is_Symbol or a.is_Integer or a.is_Relational
                    or (a.is_Pow and a.exp.is_Integer and a.exp >= 0)
-                   or isinstance(a, (Where, Maximum, Minimum, Positive))
+                   or (record(a) is not None and record(a).integral)
                    for a in sympy.preorder_traversal(expr) if isinstance(a, sympy.Basic))
     return "int64" if integral else "float64"
 
@@ -144,7 +143,24 @@ def _ew_vjp(out, g, *xs, expr):
     return grads
 
 
-defop("ew", "elementwise", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp)
+def _ew_batch_axis(node, ins, axes):
+    placed = {len(node.shape) - len(i.shape) + a for i, a in zip(ins, axes) if a is not None}
+    if len(placed) > 1:
+        raise mixes(node, ins, "combines examples from different axes")
+    return placed.pop() if placed else None
+
+
+def _ew_shared_grad(out, P, ins, batch, expr):
+    grads = _ew_vjp(out, P, *ins, expr=expr)  # broadcasting puts P's batch axis in front
+    return [None if G is None else keep_batch(G, 0, x.shape, batch) for G, x in zip(grads, ins)]
+
+
+def _describe_ew(node, names) -> str:
+    return expression(node.attr("expr"), [names[i] for i in node.inputs])
+
+
+defop("ew", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp, batch_axis=_ew_batch_axis, shared_grad=_ew_shared_grad,
+      example_grad=by_vjp, describe=_describe_ew)
 
 
 def canonical(expr, inputs: list) -> tuple:
@@ -174,6 +190,13 @@ def ew(expr, inputs, op: str = "elementwise", name: str | None = None) -> Tensor
     if expr == arg(0) and len(keep) == 1 and keep[0].shape == shape:
         return keep[0]
     return apply("ew", keep, graph=graph, name=name, expr=expr)
+
+
+def add_all(parts: list[Tensor]) -> Tensor:
+    """The sum of tensors (one elementwise node; the tensor itself when there is one)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ew(sympy.Add(*(arg(i) for i in range(len(parts)))), parts, "add")
 
 
 def scalar(value):
@@ -220,115 +243,27 @@ def _like_dtype(values, arr):
 
 
 def elementwise(op: str, fn, *values) -> Tensor:
+    """``fn`` (a function of sympy stand-ins) applied to tensors and scalars, as one elementwise node."""
     tensors, symbols = operands(op, *values)
     return ew(fn(*symbols), tensors, op)
 
 
-def _unary(op: str, fn):
-    def apply_fn(x):
-        return elementwise(op, fn, x)
-    apply_fn.__name__ = op
-    apply_fn.__doc__ = f"Elementwise {op}."
-    return apply_fn
+def comparison(op: str, relation):
+    def compare(a, b):
+        return elementwise(op, relation, a, b)
+    compare.__name__ = op
+    compare.__doc__ = f"Elementwise ``{op}`` of two tensors or a tensor and a scalar: a bool tensor."
+    return compare
 
 
-exp = _unary("exp", sympy.exp)
-log = _unary("log", sympy.log)
-log1p_ = _unary("log1p", log1p)
-sqrt = _unary("sqrt", sympy.sqrt)
-abs_ = _unary("abs", sympy.Abs)
-square = _unary("square", lambda a: a**2)
-tanh = _unary("tanh", sympy.tanh)
-sigmoid = _unary("sigmoid", Sigmoid)
-relu = _unary("relu", Relu)
-softplus = _unary("softplus", Softplus)
-neg = _unary("neg", operator.neg)
-
-
-def leaky_relu(x, alpha: float = 0.01) -> Tensor:
-    """``x`` where positive, ``alpha*x`` elsewhere."""
-    return elementwise("leaky_relu", lambda a: Relu(a) - scalar(alpha) * Relu(-a), x)
-
-
-def maximum(a, b) -> Tensor:
-    return elementwise("maximum", Maximum, a, b)
-
-
-def minimum(a, b) -> Tensor:
-    return elementwise("minimum", Minimum, a, b)
-
-
-def where(cond, a, b) -> Tensor:
-    """``a`` where ``cond`` (a boolean tensor) holds, else ``b``."""
-    if isinstance(cond, Tensor) and cond.dtype != "bool":
-        raise GraphError(f"where: condition {cond.node.label} must be boolean, not {cond.dtype}")
-    return elementwise("where", Where, cond, a, b)
-
-
-def binary_cross_entropy_with_logits(z, t) -> Tensor:
-    """Elementwise ``-t·log σ(z) - (1-t)·log(1-σ(z))``, written stably as ``softplus(z) - z·t``."""
-    return elementwise("binary_cross_entropy_with_logits", lambda a, b: Softplus(a) - a * b, z, t)
-
-
-def greater(a, b):
-    return elementwise("greater", sympy.StrictGreaterThan, a, b)
-
-
-def greater_equal(a, b):
-    return elementwise("greater_equal", sympy.GreaterThan, a, b)
-
-
-def less(a, b):
-    return elementwise("less", sympy.StrictLessThan, a, b)
-
-
-def less_equal(a, b):
-    return elementwise("less_equal", sympy.LessThan, a, b)
-
-
-def equal(a, b):
-    return elementwise("equal", sympy.Eq, a, b)
-
-
-def _binary(op: str, fn, reflected: bool = False):
-    if reflected:
-        return lambda self, other: elementwise(op, fn, other, self)
-    return lambda self, other: elementwise(op, fn, self, other)
-
-
-Tensor.__add__ = _binary("add", operator.add)
-Tensor.__radd__ = _binary("add", operator.add, True)
-Tensor.__sub__ = _binary("sub", operator.sub)
-Tensor.__rsub__ = _binary("sub", operator.sub, True)
-Tensor.__mul__ = _binary("mul", operator.mul)
-Tensor.__rmul__ = _binary("mul", operator.mul, True)
-Tensor.__truediv__ = _binary("div", operator.truediv)
-Tensor.__rtruediv__ = _binary("div", operator.truediv, True)
-Tensor.__pow__ = _binary("pow", operator.pow)
-Tensor.__rpow__ = _binary("pow", operator.pow, True)
-Tensor.__neg__ = neg
-Tensor.__pos__ = lambda self: self
-Tensor.__gt__ = greater
-Tensor.__ge__ = greater_equal
-Tensor.__lt__ = less
-Tensor.__le__ = less_equal
+greater = comparison("greater", sympy.StrictGreaterThan)
+greater_equal = comparison("greater_equal", sympy.GreaterThan)
+less = comparison("less", sympy.StrictLessThan)
+less_equal = comparison("less_equal", sympy.LessThan)
+equal = comparison("equal", sympy.Eq)
 
 
 # -- the reference interpretation of an expression (independent of every backend's printer) --------
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-REFERENCE = {
-    sympy.exp: np.exp, sympy.log: np.log, log1p: np.log1p, sympy.tanh: np.tanh, sympy.Abs: np.abs,
-    sympy.sign: np.sign, Sigmoid: _sigmoid, Softplus: lambda x: np.logaddexp(0.0, x),
-    Relu: lambda x: np.maximum(x, 0), Positive: lambda y: (y > 0).astype(np.result_type(y, np.float32)),
-    Maximum: np.maximum, Minimum: np.minimum, Where: np.where,
-    sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
-    sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal, sympy.Eq: np.equal, sympy.Ne: np.not_equal,
-}
-
-
 def interpret(expr, values: dict):
     """Evaluate a sympy expression on NumPy arrays, node by node (the oracle for the printers)."""
     if expr in values:
@@ -349,7 +284,13 @@ def interpret(expr, values: dict):
         if isinstance(power, int) and power < 0:
             return 1.0 / np.power(base, -power) if not isinstance(base, int) else 1.0 / base ** -power
         return np.power(base, power) if not isinstance(base, (int, float)) else base ** power
-    fn = REFERENCE.get(type(expr)) or REFERENCE.get(expr.func)
+    if isinstance(expr, Relational):
+        return COMPARE[type(expr)](*parts)
+    fn = record(expr)
     if fn is None:
         raise GraphError(f"elementwise: no reference implementation for {expr.func.__name__}")
-    return fn(*parts)
+    return fn.reference(*parts)
+
+
+COMPARE = {sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
+           sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal, sympy.Eq: np.equal, sympy.Ne: np.not_equal}

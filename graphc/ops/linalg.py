@@ -1,12 +1,15 @@
-"""``matmul`` with NumPy's semantics: 1-d operands promoted, leading batch dims broadcast."""
+"""``matmul`` with NumPy semantics: 1-d operands promoted, leading batch dims broadcast."""
 from __future__ import annotations
 
 import numpy as np
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.dtypes import is_float, promote
+from graphc.core.errors import GraphError
+from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply
-from graphc.errors import GraphError
-from graphc.ops import defop, fail, is_float, promote
+from graphc.ops.batching import Term, by_vjp, keep_batch, mixes
+from graphc.ops.elementwise import arg, ew
 from graphc.ops.shape import reshape, swap_last
 
 
@@ -48,7 +51,61 @@ def _matmul_vjp(out, g, a, b):
     return [da, db]
 
 
-defop("matmul", "linalg", infer=_matmul_infer, vjp=_matmul_vjp, impl=lambda node, env, a, b: np.matmul(a, b))
+# -- per-example rules ---------------------------------------------------------------------------------
+def _batch_axis(node, ins, axes):
+    (a, b), (aa, ab) = ins, axes
+    rows, cols = int(len(a.shape) > 1), int(len(b.shape) > 1)
+    lead = len(node.shape) - rows - cols
+    placed = set()
+    if aa is not None:
+        if aa == len(a.shape) - 1:
+            raise mixes(node, ins, f"contracts the batch axis of {a.label}")
+        placed.add(len(node.shape) - 1 - cols if aa == len(a.shape) - 2 else lead - (len(a.shape) - 2) + aa)
+    if ab is not None:
+        if ab == len(b.shape) - 1 - cols:
+            raise mixes(node, ins, f"contracts the batch axis of {b.label}")
+        placed.add(len(node.shape) - 1 if ab == len(b.shape) - 1 else lead - (len(b.shape) - 2) + ab)
+    if len(placed) > 1:
+        raise mixes(node, ins, "multiplies examples of one operand with examples of the other")
+    return placed.pop()
+
+
+def _example_grad(node, slot, g, ins, axes, batch):
+    """A shared operand whose partner has the examples on its rows (or columns): outer products per example."""
+    a, b = ins
+    shared = ins[slot]
+    if slot == 1 and a.ndim >= 2 and axes[a.id] == a.ndim - 2:  # x @ W: W's share is x[i] ⊗ dz[i]
+        if a.ndim == 2 and b.ndim == 2:
+            return Term(a=a, g=g)
+        if b.ndim == 1:
+            G = ew(arg(0) * arg(1), [a, reshape(g, (*g.shape, 1))])
+            return Term(full=keep_batch(G, G.ndim - 2, shared.shape, batch))
+        G = ew(arg(0) * arg(1), [reshape(a, (*a.shape, 1)), reshape(g, (*g.shape[:-1], 1, g.shape[-1]))])
+        return Term(full=keep_batch(G, G.ndim - 3, shared.shape, batch))
+    if slot == 0 and b.ndim >= 2 and axes[b.id] == b.ndim - 1:  # W @ x with examples as columns
+        if a.ndim == 2 and b.ndim == 2:
+            return Term(a=swap_last(g), g=swap_last(b))
+        if a.ndim == 1:
+            G = ew(arg(0) * arg(1), [b, reshape(g, (*g.shape[:-1], 1, g.shape[-1]))])
+        else:
+            G = ew(arg(0) * arg(1), [reshape(b, (*b.shape[:-2], 1, *b.shape[-2:])),
+                                     reshape(g, (*g.shape[:-1], 1, g.shape[-1]))])
+        return Term(full=keep_batch(G, G.ndim - 1, shared.shape, batch))
+    return by_vjp(node, slot, g, ins, axes, batch)
+
+
+def _shared_grad(out, P, ins, batch):
+    a, b = ins
+    if a.ndim < 2 or b.ndim < 2:
+        raise GraphError(f"per_example_grads: per-example gradients through a matrix-vector product of shared "
+                         f"tensors ({out.node.label}) are not supported")
+    return [keep_batch(matmul(P, swap_last(b)), 0, a.shape, batch),
+            keep_batch(matmul(swap_last(a), P), 0, b.shape, batch)]
+
+
+defop("matmul", infer=_matmul_infer, vjp=_matmul_vjp, impl=lambda node, env, a, b: np.matmul(a, b),
+      linear=True, var="mm", batch_axis=_batch_axis, example_grad=_example_grad, shared_grad=_shared_grad,
+      describe=lambda node, names: " @ ".join(names[i] for i in node.inputs))
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -56,8 +113,3 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise GraphError("matmul: both operands must be tensors (use gc.const for arrays)")
     return apply("matmul", [a, b])
-
-
-Tensor.__matmul__ = matmul
-Tensor.__rmatmul__ = lambda self, other: matmul(other, self)
-

@@ -4,12 +4,16 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.describe import expression
+from graphc.core.dtypes import is_float
+from graphc.core.errors import GraphError
+from graphc.core.registry import check_axes, defop, fail
 from graphc.dsl import Tensor, apply
-from graphc.errors import GraphError
-from graphc.ops import check_axes, defop, fail, is_float
-from graphc.ops.elementwise import arg, ew
+from graphc.ops.batching import mixes
+from graphc.ops.elementwise import arg, ew, interpret
 from graphc.ops.reduce import reduce_sum
+from graphc.ops.shape import one_hot, reshape, transpose
 
 
 def _stable_log_softmax(z, axis):
@@ -39,9 +43,16 @@ def _log_softmax_vjp(out, g, x, axis):
     return [ew(arg(0) - sympy.exp(arg(1)) * arg(2), [g, out, total])]
 
 
-defop("softmax", "nn", infer=_softmax_infer("softmax"), vjp=_softmax_vjp,
+def _along_batch_axis(node, ins, axes):
+    (a,) = axes
+    if a == node.attr("axis"):
+        raise mixes(node, ins, "normalizes along the batch axis")
+    return a
+
+
+defop("softmax", infer=_softmax_infer("softmax"), vjp=_softmax_vjp, batch_axis=_along_batch_axis,
       impl=lambda node, env, x: np.exp(_stable_log_softmax(x, node.attr("axis"))))
-defop("log_softmax", "nn", infer=_softmax_infer("log_softmax"), vjp=_log_softmax_vjp,
+defop("log_softmax", infer=_softmax_infer("log_softmax"), vjp=_log_softmax_vjp, batch_axis=_along_batch_axis,
       impl=lambda node, env, x: _stable_log_softmax(x, node.attr("axis")))
 
 
@@ -84,13 +95,11 @@ def _xent_impl(node, env, z, t):
 
 
 def _xent_vjp(out, g, z, t, axis):
-    from graphc.ops.shape import one_hot, reshape
     g_b = reshape(g, tuple(1 if i == axis else d for i, d in enumerate(z.shape)))
     s = softmax(z, axis)
     if t.dtype == "int64":
         target = one_hot(t, z.shape[axis], z.dtype)
         if axis != z.ndim - 1:
-            from graphc.ops.shape import transpose
             perm = list(range(z.ndim - 1))
             perm.insert(axis, z.ndim - 1)
             target = transpose(target, perm)
@@ -101,7 +110,32 @@ def _xent_vjp(out, g, z, t, axis):
     return [dz, ew(-arg(0) * arg(1), [log_softmax(z, axis), g_b])]
 
 
-defop("softmax_cross_entropy", "nn", infer=_xent_infer, impl=_xent_impl, vjp=_xent_vjp)
+def _xent_batch_axis(node, ins, axes):
+    axis = node.attr("axis")
+    t, (az, at) = ins[1], axes
+    placed = set()
+    if az is not None:
+        if az == axis:
+            raise mixes(node, ins, "normalizes along the batch axis")
+        placed.add(az - (az > axis))
+    if at is not None:
+        if is_float(t.dtype):
+            if at == axis:
+                raise mixes(node, ins, "normalizes along the batch axis")
+            at -= at > axis
+        placed.add(at)
+    if len(placed) > 1:
+        raise mixes(node, ins, "pairs logits and labels of different examples")
+    return placed.pop()
+
+
+def _xent_class_ids(node, ins):
+    z, t = ins
+    return [(1, z.shape[node.attr("axis")])] if t.dtype == "int64" else []
+
+
+defop("softmax_cross_entropy", infer=_xent_infer, impl=_xent_impl, vjp=_xent_vjp, var="xent",
+      batch_axis=_xent_batch_axis, class_ids=_xent_class_ids)
 
 
 def softmax_cross_entropy(logits: Tensor, labels: Tensor, axis: int = -1) -> Tensor:
@@ -121,7 +155,6 @@ def _xent_grad_infer(nodes, attrs):
 
 
 def _xent_grad_impl(node, env, z, t, *rest):
-    from graphc.ops.elementwise import interpret
     values = {arg(i): r for i, r in enumerate(rest)}
     values.update(env)
     probs = np.exp(_stable_log_softmax(z, -1))
@@ -129,4 +162,10 @@ def _xent_grad_impl(node, env, z, t, *rest):
     return ((probs - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
 
 
-defop("softmax_xent_grad", "nn", infer=_xent_grad_infer, impl=_xent_grad_impl)
+def _describe_xent_grad(node, names) -> str:
+    z, t, *rest = (names[i] for i in node.inputs)
+    return f"(softmax({z}) - onehot({t}))·{expression(node.attr('scale'), rest)}"
+
+
+defop("softmax_xent_grad", infer=_xent_grad_infer, impl=_xent_grad_impl, var="dlogits",
+      class_ids=lambda node, ins: [(1, ins[0].shape[-1])], describe=_describe_xent_grad)

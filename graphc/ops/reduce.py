@@ -4,10 +4,14 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.describe import axes_text, expression
+from graphc.core.dtypes import is_float
+from graphc.core.registry import check_axes, defop, fail, reduced_shape
 from graphc.dsl import Tensor, apply
-from graphc.ops import check_axes, defop, fail, is_float, reduced_shape
-from graphc.ops.elementwise import Where, arg, ew
+from graphc.ops.batching import mixes
+from graphc.ops.elementwise import Where, arg, ew, interpret
+from graphc.ops.shape import broadcast_to, reshape
 
 
 def _reduce_infer(op):
@@ -22,12 +26,10 @@ def _reduce_infer(op):
 
 def keep_dims(g: Tensor, axes, keepdims: bool, like_shape) -> Tensor:
     """``g`` with the reduced ``axes`` back as size-1 dims, so it broadcasts against the input."""
-    from graphc.ops.shape import reshape
     return g if keepdims else reshape(g, reduced_shape(like_shape, axes, True))
 
 
 def _sum_vjp(out, g, x, axes, keepdims):
-    from graphc.ops.shape import broadcast_to
     return [broadcast_to(keep_dims(g, axes, keepdims, x.shape), x.shape)]
 
 
@@ -53,11 +55,26 @@ def _logsumexp_impl(node, env, x):
     return out if keepdims else np.squeeze(out, axis=axes)
 
 
-defop("sum", "reduce", infer=_reduce_infer("sum"), vjp=_sum_vjp,
+def _batch_axis(node, ins, axes):
+    (a,) = axes
+    if a in node.attr("axes"):
+        raise mixes(node, ins, f"reduces over the batch axis (axis {a})")
+    return a if node.attr("keepdims") else a - sum(1 for r in node.attr("axes") if r < a)
+
+
+def _sum_shared_grad(out, P, ins, batch, axes, keepdims):
+    (x,) = ins
+    kept = reshape(P, (batch, *reduced_shape(x.shape, axes, True)))
+    return [broadcast_to(kept, (batch, *x.shape))]
+
+
+defop("sum", infer=_reduce_infer("sum"), vjp=_sum_vjp, linear=True, batch_axis=_batch_axis,
+      shared_grad=_sum_shared_grad,
       impl=lambda node, env, x: np.sum(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
-defop("max", "reduce", infer=_reduce_infer("max"), vjp=_max_vjp,
+defop("max", infer=_reduce_infer("max"), vjp=_max_vjp, batch_axis=_batch_axis,
       impl=lambda node, env, x: np.max(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
-defop("logsumexp", "reduce", infer=_reduce_infer("logsumexp"), vjp=_logsumexp_vjp, impl=_logsumexp_impl)
+defop("logsumexp", infer=_reduce_infer("logsumexp"), vjp=_logsumexp_vjp, impl=_logsumexp_impl,
+      batch_axis=_batch_axis)
 
 
 def _reduce(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
@@ -73,6 +90,7 @@ def reduce_sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
 
 
 def reduce_max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Maximum over ``axis`` (None: all axes; an int; a tuple); the gradient is split between ties."""
     return _reduce("max", x, axis, keepdims)
 
 
@@ -94,7 +112,6 @@ def _sum_ew_infer(nodes, attrs):
 
 
 def _sum_ew_impl(node, env, *args):
-    from graphc.ops.elementwise import interpret
     values = {arg(i): a for i, a in enumerate(args)}
     values.update(env)
     with np.errstate(all="ignore"):
@@ -102,4 +119,10 @@ def _sum_ew_impl(node, env, *args):
     return np.sum(full, axis=node.attr("axes"), keepdims=node.attr("keepdims")).astype(node.dtype)
 
 
-defop("sum_ew", "reduce", infer=_sum_ew_infer, impl=_sum_ew_impl)
+def _describe_sum_ew(node, names) -> str:
+    keep = ", keepdims" if node.attr("keepdims") else ""
+    return f"sum({expression(node.attr('expr'), [names[i] for i in node.inputs])}, {axes_text(node.attr('axes'))}" \
+           f"{keep})"
+
+
+defop("sum_ew", infer=_sum_ew_infer, impl=_sum_ew_impl, describe=_describe_sum_ew)

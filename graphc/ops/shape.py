@@ -1,13 +1,17 @@
-"""Shape ops: reshape, transpose, broadcast_to, concat, slicing and its gradient, one_hot, const and fill."""
+"""Sources and shape ops: input/param/const/fill/random_normal, reshape, transpose, broadcast_to, concat,
+slicing and its gradient, one_hot."""
 from __future__ import annotations
 
 import numpy as np
 import sympy
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.describe import value
+from graphc.core.dtypes import is_float
+from graphc.core.errors import GraphError
+from graphc.core.registry import check_axes, defop, fail
 from graphc.dsl import Tensor, apply
-from graphc.errors import GraphError
-from graphc.ops import check_axes, defop, fail, is_float
+from graphc.ops.batching import by_vjp, keep_batch, mixes, same_dim
 
 
 # -- sources ------------------------------------------------------------------------------------------
@@ -28,10 +32,19 @@ def _fed(node, env):
     raise GraphError(f"{node.op} {node.name!r} must be fed")
 
 
-defop("input", "source", infer=_source_infer, impl=_fed)
-defop("param", "source", infer=_source_infer, impl=_fed)
-defop("const", "source", infer=_source_infer, impl=_const_impl)
-defop("fill", "source", infer=_source_infer, impl=_fill_impl)
+def _describe_const(node, names) -> str:
+    data, shape, dtype = node.attr("value")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if arr.size > 4:
+        return f"const {shapes.fmt_x(shape)} array"
+    return "const " + (np.array2string(arr, separator=", ") if arr.ndim else str(arr.item()))
+
+
+defop("input", infer=_source_infer, impl=_fed, source="input", describe=lambda node, names: "input")
+defop("param", infer=_source_infer, impl=_fed, source="param", describe=lambda node, names: "param")
+defop("const", infer=_source_infer, impl=_const_impl, source="const", describe=_describe_const)
+defop("fill", infer=_source_infer, impl=_fill_impl, source="fill",
+      describe=lambda node, names: f"fill {value(node.attr('value'))}")
 
 
 # Standard normal draws, fresh at each call of generated code (its generator lives in the module); the
@@ -41,7 +54,8 @@ def _random_normal_impl(node, env):
     return rng.standard_normal(shapes.evaluate(node.shape, env)).astype(node.dtype)
 
 
-defop("random_normal", "source", infer=_source_infer, impl=_random_normal_impl)
+defop("random_normal", infer=_source_infer, impl=_random_normal_impl, source="random",
+      describe=lambda node, names: f"random_normal(seed={node.attr('seed')}, stream={node.attr('stream')})")
 
 
 def random_normal(graph, shape, dtype: str, seed: int, stream: int) -> Tensor:
@@ -62,9 +76,21 @@ def _reshape_infer(nodes, attrs):
     return shape, x.dtype
 
 
-defop("reshape", "shape", infer=_reshape_infer,
+def _reshape_batch_axis(node, ins, axes):
+    (a,), (x,) = axes, ins
+    before = shapes.numel(x.shape[:a])
+    for b, d in enumerate(node.shape):
+        if same_dim(shapes.numel(node.shape[:b]), before) and same_dim(d, x.shape[a]):
+            return b
+    raise mixes(node, ins, f"reshapes {shapes.fmt(x.shape)} to {shapes.fmt(node.shape)}, merging the batch axis")
+
+
+defop("reshape", infer=_reshape_infer, view=True, linear=True,
       impl=lambda node, env, x: np.reshape(x, shapes.evaluate(node.shape, env)),
-      vjp=lambda out, g, x, shape: [reshape(g, x.shape)])
+      vjp=lambda out, g, x, shape: [reshape(g, x.shape)],
+      batch_axis=_reshape_batch_axis,
+      shared_grad=lambda out, P, ins, batch, shape: [reshape(P, (batch, *ins[0].shape))],
+      describe=lambda node, names: f"reshape({names[node.inputs[0]]}, {shapes.fmt(node.shape)})")
 
 
 def reshape(x: Tensor, shape) -> Tensor:
@@ -93,12 +119,22 @@ def _transpose_infer(nodes, attrs):
     return tuple(x.shape[p] for p in perm), x.dtype
 
 
-defop("transpose", "shape", infer=_transpose_infer,
+def _describe_transpose(node, names) -> str:
+    x, perm = names[node.inputs[0]], node.attr("perm")
+    return f"{x}ᵀ" if perm == (1, 0) else f"transpose({x}, {perm})"
+
+
+defop("transpose", infer=_transpose_infer, view=True, linear=True,
       impl=lambda node, env, x: np.transpose(x, node.attr("perm")),
-      vjp=lambda out, g, x, perm: [transpose(g, tuple(int(i) for i in np.argsort(perm)))])
+      vjp=lambda out, g, x, perm: [transpose(g, tuple(int(i) for i in np.argsort(perm)))],
+      batch_axis=lambda node, ins, axes: node.attr("perm").index(axes[0]),
+      shared_grad=lambda out, P, ins, batch, perm: [
+          transpose(P, (0, *(int(i) + 1 for i in np.argsort(perm))))],
+      describe=_describe_transpose)
 
 
 def transpose(x: Tensor, axes=None) -> Tensor:
+    """Permute the axes (``axes=None`` reverses them, as ``x.T``)."""
     perm = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
     if perm == tuple(range(x.ndim)):
         return x
@@ -112,9 +148,6 @@ def swap_last(x: Tensor) -> Tensor:
     return transpose(x, perm)
 
 
-Tensor.T = property(lambda self: transpose(self))
-
-
 # -- broadcast_to -------------------------------------------------------------------------------------
 def _broadcast_infer(nodes, attrs):
     (x,) = nodes
@@ -124,12 +157,24 @@ def _broadcast_infer(nodes, attrs):
     return shape, x.dtype
 
 
-defop("broadcast_to", "shape", infer=_broadcast_infer,
+def _broadcast_copies(node, ins, batch):
+    """0 where a shared tensor is broadcast to one copy per example (a class token), else None."""
+    (x,) = ins
+    stretched = len(x.shape) < len(node.shape) or x.shape[0] == 1
+    return 0 if node.shape and same_dim(node.shape[0], batch) and stretched else None
+
+
+defop("broadcast_to", infer=_broadcast_infer, view=True, linear=True,
       impl=lambda node, env, x: np.broadcast_to(x, shapes.evaluate(node.shape, env)).copy(),
-      vjp=lambda out, g, x, shape: [g])  # the autodiff driver sums the broadcast axes away
+      vjp=lambda out, g, x, shape: [g],  # the autodiff driver sums the broadcast axes away
+      batch_axis=lambda node, ins, axes: axes[0] + len(node.shape) - len(ins[0].shape),
+      batch_copies=_broadcast_copies, example_grad=by_vjp,
+      shared_grad=lambda out, P, ins, batch, shape: [keep_batch(P, 0, ins[0].shape, batch)],
+      describe=lambda node, names: f"broadcast_to({names[node.inputs[0]]}, {shapes.fmt(node.shape)})")
 
 
 def broadcast_to(x: Tensor, shape) -> Tensor:
+    """``x`` repeated along new or size-1 axes to ``shape`` (NumPy's broadcasting)."""
     shape = shapes.as_shape(shape, "broadcast_to target")
     if tuple(x.shape) == shape:
         return x
@@ -160,11 +205,21 @@ def _concat_vjp(out, g, *xs, axis):
     return grads
 
 
-defop("concat", "shape", infer=_concat_infer, vjp=_concat_vjp,
+def _concat_batch_axis(node, ins, axes):
+    placed = {a for a in axes if a is not None}
+    if node.attr("axis") in placed:
+        raise mixes(node, ins, f"concatenates along the batch axis (axis {node.attr('axis')})")
+    if len(placed) > 1:
+        raise mixes(node, ins, "combines examples from different axes")
+    return placed.pop()
+
+
+defop("concat", infer=_concat_infer, vjp=_concat_vjp, batch_axis=_concat_batch_axis,
       impl=lambda node, env, *xs: np.concatenate(xs, axis=node.attr("axis")))
 
 
 def concat(tensors, axis: int = 0) -> Tensor:
+    """Join tensors along ``axis`` (their other dims must agree)."""
     tensors = list(tensors)
     if not tensors:
         raise GraphError("concat: needs at least one tensor")
@@ -199,11 +254,39 @@ def _unslice_impl(node, env, g):
     return out
 
 
-defop("slice", "shape", infer=_slice_infer,
+def index_text(index) -> str:
+    """``[1:3, ::2]``: a slice index as Python writes it."""
+    parts = []
+    for start, stop, step in index:
+        part = f"{value(start) if start != 0 else ''}:{value(stop)}"
+        parts.append(part + (f":{step}" if step != 1 else ""))
+    return f"[{', '.join(parts)}]"
+
+
+def _slice_batch_axis(node, ins, axes):
+    (a,), (x,) = axes, ins
+    start, stop, step = node.attr("index")[a]
+    if not (same_dim(start, 0) and same_dim(stop, x.shape[a]) and step == 1):
+        raise mixes(node, ins, "slices the batch axis")
+    return a
+
+
+def _unslice_batch_axis(node, ins, axes):
+    (a,), (x,) = axes, ins
+    start, stop, step = node.attr("index")[a]
+    if not (same_dim(start, 0) and same_dim(stop, node.shape[a]) and same_dim(stop, x.shape[a]) and step == 1):
+        raise mixes(node, ins, "pads the batch axis")
+    return a
+
+
+defop("slice", infer=_slice_infer, view=True, batch_axis=_slice_batch_axis,
       impl=lambda node, env, x: x[_np_index(node.attr("index"), env)].copy(),
-      vjp=lambda out, g, x, index: [apply("unslice", [g], index=index, shape=x.shape)])
-defop("unslice", "shape", infer=lambda nodes, attrs: (attrs["shape"], nodes[0].dtype), impl=_unslice_impl,
-      vjp=lambda out, g, x, index, shape: [apply("slice", [g], index=index)])
+      vjp=lambda out, g, x, index: [apply("unslice", [g], index=index, shape=x.shape)],
+      describe=lambda node, names: names[node.inputs[0]] + index_text(node.attr("index")))
+defop("unslice", infer=lambda nodes, attrs: (attrs["shape"], nodes[0].dtype), impl=_unslice_impl,
+      vjp=lambda out, g, x, index, shape: [apply("slice", [g], index=index)], batch_axis=_unslice_batch_axis,
+      describe=lambda node, names: f"zeros{shapes.fmt(node.shape)} with {index_text(node.attr('index'))} = "
+                                   f"{names[node.inputs[0]]}")
 
 
 def _bound(value, d, default):
@@ -252,9 +335,6 @@ def getitem(x: Tensor, key) -> Tensor:
     return out
 
 
-Tensor.__getitem__ = getitem
-
-
 # -- one_hot ------------------------------------------------------------------------------------------
 def _one_hot_infer(nodes, attrs):
     (t,) = nodes
@@ -268,7 +348,8 @@ def _one_hot_impl(node, env, t):
     return (t[..., None] == np.arange(k)).astype(node.attr("dtype"))
 
 
-defop("one_hot", "shape", infer=_one_hot_infer, impl=_one_hot_impl)
+defop("one_hot", infer=_one_hot_infer, impl=_one_hot_impl, batch_axis=lambda node, ins, axes: axes[0],
+      class_ids=lambda node, ins: [(0, node.attr("k"))])
 
 
 def one_hot(labels: Tensor, k: int, dtype: str = "float32") -> Tensor:

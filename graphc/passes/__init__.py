@@ -1,4 +1,5 @@
-"""The optimization pipeline: an explicit ordered list of passes, each a plain ``graph -> graph`` function.
+"""The passes layer. The optimization pipeline: an explicit ordered list of passes, each a plain
+``graph -> graph`` function.
 
 Each pass's docstring starts with its ``before -> after`` line. After each pass ``validate()`` runs; a failure
 names the pass. The manager records what each pass did, for ``graphc explain`` and the per-pass diagrams.
@@ -7,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graphc.errors import GraphError
-from graphc.ir import Graph
+from graphc.core.errors import GraphError
+from graphc.core.ir import Graph
 from graphc.passes.cse import cse
 from graphc.passes.dce import dce
 from graphc.passes.differentiate import differentiate
@@ -16,6 +17,7 @@ from graphc.passes.fold_constants import fold_constants
 from graphc.passes.fuse_elementwise import fuse_elementwise
 from graphc.passes.fuse_reductions import fuse_reductions
 from graphc.passes.fuse_softmax_xent import fuse_softmax_xent
+from graphc.passes.fuse_softmax_xent_grad import fuse_softmax_xent_grad
 from graphc.passes.scale import scale
 from graphc.passes.simplify import simplify
 
@@ -29,7 +31,7 @@ PIPELINE = [
     (dce, 1),
     (scale, 2),
     (fold_constants, 2),
-    (fuse_softmax_xent, 2),
+    (fuse_softmax_xent_grad, 2),
     (fuse_elementwise, 2),
     (fuse_reductions, 2),
     (dce, 1),

@@ -1,5 +1,5 @@
 """Common-subexpression elimination."""
-from graphc.ir import Rebuild
+from graphc.core.ir import Rebuild
 
 
 def cse(graph, notes):

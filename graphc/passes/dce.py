@@ -1,5 +1,5 @@
 """Dead-code elimination."""
-from graphc.ir import Rebuild
+from graphc.core.ir import Rebuild
 
 
 def dce(graph, notes):

@@ -1,7 +1,7 @@
 """Re-derive the backward graph after forward rewrites."""
-from graphc.autodiff import backprop
+from graphc.core.ir import Rebuild
 from graphc.dsl import Tensor, fill
-from graphc.ir import Rebuild
+from graphc.transforms.autodiff import backprop
 
 
 def differentiate(graph, notes):

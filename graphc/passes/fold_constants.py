@@ -1,14 +1,15 @@
 """Constant folding: scalar fills (seeds, 1/m, zeros) are folded into the expressions that use them."""
 import sympy
 
-from graphc import shapes
-from graphc.ir import Rebuild
+from graphc.core import shapes
+from graphc.core.ir import Rebuild
+from graphc.core.registry import OPS
 from graphc.ops.elementwise import arg
-from graphc.passes.rewrite import add_ew, fill_value
+from graphc.passes.toolkit import add_ew, fill_value
 
 
 def fold_constants(graph, notes):
-    """ew(fill(c), x) -> ew'(x) with c inside; reshape/transpose/broadcast_to/sum of fill(c) -> fill
+    """ew(fill(c), x) -> ew'(x) with c inside; a view or sum of fill(c) -> fill
 
     A ``fill`` is an array of one (possibly symbolic) value, like the seed 1 of a gradient or its 1/m after
     a mean. Folding it into the elementwise expressions that read it means no array of ones or of 1/m is
@@ -21,7 +22,7 @@ def fold_constants(graph, notes):
             expr = node.attr("expr").xreplace({arg(i): v for i, v in enumerate(values) if v is not None})
             notes.note(f"folded a constant into {graph.display_name(node.id)}: {expr}")
             return add_ew(rb, node, expr, ins)
-        if node.op in ("reshape", "transpose", "broadcast_to") and values[0] is not None:
+        if OPS[node.op].view and values[0] is not None:  # a view of one value everywhere is that value
             return rb.add(node, "fill", [], {"value": values[0]})
         if node.op == "sum" and values[0] is not None:
             count = shapes.numel([rb.node(ins[0]).shape[a] for a in node.attr("axes")])

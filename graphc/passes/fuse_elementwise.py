@@ -1,6 +1,6 @@
 """Elementwise fusion."""
-from graphc.ir import Rebuild
-from graphc.passes.rewrite import add_ew, inline
+from graphc.core.ir import Rebuild
+from graphc.passes.toolkit import add_ew, inline
 
 
 def fuse_elementwise(graph, notes):
@@ -10,17 +10,12 @@ def fuse_elementwise(graph, notes):
     have the same shape (inlining a smaller, broadcast producer would recompute it per element). Groups grown
     this way are trees of single-reader producers, so they are convex: no path leaves a group and comes back.
     """
-    roots = set(graph.roots())
-
     def rule(rb, node):
-        if node.op != "ew":
-            return None
         expr, ins = node.attr("expr"), [rb.arg(i) for i in node.inputs]
         fused = []
         for position, old in enumerate(node.inputs):
             src = rb.node(ins[position])
-            if (src.op == "ew" and old not in roots and len(graph.consumers(old)) == 1
-                    and tuple(src.shape) == tuple(node.shape)):
+            if src.op == "ew" and graph.single_use(old) and tuple(src.shape) == tuple(node.shape):
                 expr, ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
                 fused.append(graph.display_name(old))
         if not fused:
@@ -28,4 +23,4 @@ def fuse_elementwise(graph, notes):
         notes.note(f"fused {', '.join(fused)} into {graph.display_name(node.id)}")
         return add_ew(rb, node, expr, ins)
 
-    return Rebuild(graph).run(rule)
+    return Rebuild(graph).run({"ew": rule})

@@ -1,5 +1,5 @@
 """Reduction fusion."""
-from graphc.ir import Rebuild
+from graphc.core.ir import Rebuild
 
 
 def fuse_reductions(graph, notes):
@@ -9,18 +9,14 @@ def fuse_reductions(graph, notes):
     full-size product (NumPy: ``einsum``/``out=``; CuPy: one ReductionKernel). Bias gradients
     ``sum(relu_mask·dh, axis=0)`` and ``mean((y−t)²)`` take this form.
     """
-    roots = set(graph.roots())
-
     def rule(rb, node):
-        if node.op != "sum":
-            return None
         (old,) = node.inputs
         src = rb.node(rb.arg(old))
-        if src.op != "ew" or old in roots or len(graph.consumers(old)) != 1:
+        if src.op != "ew" or not graph.single_use(old):
             return None
         notes.note(f"fused {graph.display_name(old)} into the sum {graph.display_name(node.id)}")
         return rb.add(node, "sum_ew", list(src.inputs), {
             "expr": src.attr("expr"), "axes": node.attr("axes"), "keepdims": node.attr("keepdims"),
             "ew_shape": src.shape})
 
-    return Rebuild(graph).run(rule)
+    return Rebuild(graph).run({"sum": rule})

@@ -1,11 +1,11 @@
 """Placement of scalar factors (1/m, 0.5, constants): moved through linear ops to the cheapest place."""
 import sympy
 
-from graphc.ir import Rebuild
+from graphc.core.ir import Rebuild
+from graphc.core.registry import OPS
 from graphc.ops.elementwise import arg
-from graphc.passes.rewrite import add_ew
+from graphc.passes.toolkit import add_ew
 
-LINEAR = ("matmul", "sum", "reshape", "transpose", "broadcast_to")
 TYPICAL = 1024  # the size symbolic dims are assumed to take when comparing costs
 
 
@@ -33,12 +33,9 @@ def scale(graph, notes):
     else it stays after the op (after a sum: on the reduced result). A matmul with an all-constant operand
     becomes a sum, so no array of ones or of 1/m is materialized.
     """
-    roots = set(graph.roots())
-
     def private_ew(old_id):
         """``old_id`` is an elementwise node read by one consumer only, so it may absorb a factor."""
-        return (graph.nodes[old_id].op == "ew" and old_id not in roots
-                and len(graph.consumers(old_id)) == 1)
+        return graph.nodes[old_id].op == "ew" and graph.single_use(old_id)
 
     def absorb(rb, like_old, c):
         """New id of ``c`` times the (elementwise) node ``like_old``."""
@@ -52,12 +49,12 @@ def scale(graph, notes):
         for k, old in enumerate(node.inputs):
             src = graph.nodes[old]
             c = scalar_factor(src)
-            if c is not None and old not in roots and len(graph.consumers(old)) == 1 and cost(src) > cost(node):
+            if c is not None and graph.single_use(old) and cost(src) > cost(node):
                 return k, c
         return None
 
     def rule(rb, node):
-        if node.op in LINEAR and scaled_operand(node):  # linear(c·x) -> c·linear(x) on the smaller result
+        if OPS[node.op].linear and scaled_operand(node):  # linear(c·x) -> c·linear(x) on the smaller result
             k, c = scaled_operand(node)
             ins = [rb.arg(i) for i in node.inputs]
             ins[k] = rb.node(ins[k]).inputs[0]
@@ -77,7 +74,7 @@ def scale(graph, notes):
             return None
         (old_src,) = node.inputs
         src = graph.nodes[old_src]
-        if src.op not in LINEAR or old_src in roots or len(graph.consumers(old_src)) != 1:
+        if not OPS[src.op].linear or not graph.single_use(old_src):
             return None
         operands = list(src.inputs)
         movable = [k for k, o in enumerate(operands) if private_ew(o) or src.op == "broadcast_to"]

@@ -1,8 +1,8 @@
 """Algebraic and structural simplification."""
 import sympy
 
-from graphc.ir import Rebuild
-from graphc.passes.rewrite import add_ew, inline
+from graphc.core.ir import Rebuild
+from graphc.passes.toolkit import add_ew, inline
 
 
 def simplify(graph, notes):
@@ -40,7 +40,7 @@ def simplify(graph, notes):
                 if src.op == "broadcast_to":
                     ins[position] = src.inputs[0]  # elementwise ops broadcast by themselves
                     notes.note(f"dropped broadcast_to feeding {graph.display_name(node.id)}")
-                elif src.op == "ew" and len(src.inputs) == 1 and len(graph.consumers(node.inputs[position])) == 1:
+                elif src.op == "ew" and len(src.inputs) == 1 and graph.single_use(node.inputs[position]):
                     merged, merged_ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
                     if sympy.count_ops(merged) < sympy.count_ops(expr) + sympy.count_ops(src.attr("expr")):
                         notes.note(f"{src.attr('expr')} inside {expr} -> {merged} at {graph.display_name(node.id)}")

@@ -36,11 +36,10 @@ def _explain(feeds, names):
 
 def _shape_of(feeds, name, axis):
     """The size of one axis of a feed: how a symbolic dim is bound."""
-    value = feeds[name]
-    if not isinstance(value, np.ndarray) or value.ndim <= axis:
-        got = getattr(value, "shape", type(value).__name__)
-        raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got {got}")
-    return value.shape[axis]
+    shape = getattr(feeds[name], "shape", None)
+    if shape is None or len(shape) <= axis:
+        raise ValueError(f"{name} expects shape {_SPEC[name][0]}, got {shape or type(feeds[name]).__name__}")
+    return shape[axis]
 
 
 class _Buffers(list):
@@ -97,12 +96,12 @@ def _compute_allocate(m):
 _compute_cache = {}
 
 def _compute(B, m, x, t, W):
-    y = np.matmul(x, W, out=B[0])  # matmul  m×2
-    dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
-    transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
+    y = np.matmul(x, W, out=B[0])  # x @ W  m×2
+    dy = np.subtract(y, t, out=B[1])  # y - t  m×2
+    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
+    transpose = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -121,13 +120,13 @@ def _train_allocate(m):
 _train_cache = {}
 
 def _train(B, m, x, t, W, lr):
-    y = np.matmul(x, W, out=B[0])  # matmul  m×2
-    dy = np.subtract(y, t, out=B[1])  # sub: -t + y  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum_ew: sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # mul: sum_ew/2  scalar
-    transpose = x.transpose((1, 0))  # transpose (perm=(1, 0))  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # matmul  3×2
-    # sub: W - dW*lr  3×2 (update of W, in place)
+    y = np.matmul(x, W, out=B[0])  # x @ W  m×2
+    dy = np.subtract(y, t, out=B[1])  # y - t  m×2
+    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
+    transpose = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
+    # W - dW*lr  3×2 (update of W, in place)
     np.multiply(dW, lr, out=B[5])
     np.subtract(W, B[5], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}

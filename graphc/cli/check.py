@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc import shapes
-from graphc.autodiff import grad
+from graphc.cli.explain import random_feeds
+from graphc.core import shapes
+from graphc.core.errors import GraphError
+from graphc.core.ir import Graph, Rebuild
 from graphc.dsl import Tensor
-from graphc.errors import GraphError
-from graphc.explain import random_feeds
-from graphc.gradcheck import numeric_grad
-from graphc.ir import Graph, Rebuild
+from graphc.program import compile as compile_graph
+from graphc.transforms.autodiff import grad
+from graphc.transforms.gradcheck import numeric_grad
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-6}
 GRAD_PREFIX = "check_grad_"
@@ -130,7 +131,6 @@ def check_graph(graph: Graph, loss: str = "loss", dims: dict | None = None, tol:
     """One row per param (and float input with ``inputs``): its gradient against finite differences.
 
     ``dims`` maps dim names to sizes (others are 3); params larger than ``max_entries`` are sampled."""
-    from graphc.program import compile as compile_graph
     if max_entries < 1:
         raise GraphError(f"--max-entries must be at least 1, not {max_entries}")
     wrt = differentiable(graph, inputs)

@@ -1,4 +1,8 @@
-"""Small building blocks the passes share for rewriting elementwise nodes."""
+"""The passes' toolkit: building blocks for rewriting elementwise nodes.
+
+With ``Graph.single_use`` (may a node be folded into its only reader?) and ``Rebuild`` (copy a graph node by
+node, with rules dispatched by op), these are all a pass needs.
+"""
 from __future__ import annotations
 
 import sympy

@@ -1,82 +1,21 @@
-"""Printing sympy expressions for the backends.
+"""NumPy instruction selection for elementwise expressions.
 
-``NumPyScalarPrinter`` prints scalar (array-free) parts such as ``1/m``; ``UfuncChain`` lowers an
-elementwise expression into the shortest chain of in-place NumPy ufunc calls into one buffer, with
-``sympy.cse`` for shared subexpressions and numerically stable forms (sigmoid via tanh, softplus via
-logaddexp, relu' as a comparison mask — never ``Heaviside`` or ``select``). ``CudaPrinter`` prints the same
-expressions as CUDA C kernel bodies.
+``UfuncChain`` lowers an elementwise expression into the shortest chain of in-place NumPy ufunc calls into one
+buffer, with ``sympy.cse`` for shared subexpressions. Functions lower through their records (a ufunc, an
+expansion into simpler functions, or a helper the module carries), which hold their numerically stable forms
+(sigmoid via tanh, softplus via logaddexp, relu' as a sign, never ``Heaviside`` or ``select``).
 """
 from __future__ import annotations
 
 import sympy
-from sympy.codegen.cfunctions import log1p
 from sympy.core.relational import Relational
-from sympy.printing.c import C99CodePrinter
-from sympy.printing.numpy import NumPyPrinter
 
-from graphc.errors import GraphError
-from graphc.ops.elementwise import Maximum, Minimum, Positive, Relu, Sigmoid, Softplus, Where
+from graphc.backends.numpy.printer import NumPyScalarPrinter
+from graphc.core.errors import GraphError
+from graphc.ops.elementwise import COMPARE as REFERENCE_COMPARE
+from graphc.ops.elementwise import Where, record
 
-
-class NumPyScalarPrinter(NumPyPrinter):
-    """Python/NumPy text for scalar expressions: ``np.`` prefix, exact rationals as divisions."""
-
-    def __init__(self, names=None):
-        super().__init__({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": False})
-        self.module_imports.clear()
-        self.names = names or {}
-
-    def _module_format(self, fqn, register=True):  # numpy.exp -> np.exp
-        return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else fqn
-
-    def _print_Symbol(self, expr):
-        return self.names.get(expr, expr.name)
-
-    def _print_Rational(self, expr):
-        return f"{expr.p}/{expr.q}"
-
-    def _print_Integer(self, expr):
-        return str(expr.p)
-
-    def _print_Float(self, expr):
-        return repr(float(expr))
-
-    def _print_Pow(self, expr, rational=False):
-        if expr.exp == -1:
-            return f"1/{self.parenthesize(expr.base, 100)}"
-        return super()._print_Pow(expr, rational)
-
-    def _print_Sigmoid(self, expr):
-        return f"(0.5 + 0.5*np.tanh(0.5*{self.parenthesize(expr.args[0], 50)}))"
-
-    def _print_Softplus(self, expr):
-        return f"np.logaddexp(0, {self._print(expr.args[0])})"
-
-    def _print_Relu(self, expr):
-        return f"np.maximum({self._print(expr.args[0])}, 0)"
-
-    def _print_Positive(self, expr):
-        return f"np.sign({self._print(expr.args[0])})"
-
-    def _print_Maximum(self, expr):
-        return f"np.maximum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
-
-    def _print_Minimum(self, expr):
-        return f"np.minimum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
-
-    def _print_Where(self, expr):
-        return f"np.where({', '.join(self._print(a) for a in expr.args)})"
-
-    def _print_log1p(self, expr):
-        return f"np.log1p({self._print(expr.args[0])})"
-
-
-UNARY = {sympy.exp: "exp", sympy.log: "log", log1p: "log1p", sympy.tanh: "tanh", sympy.Abs: "absolute",
-         sympy.sign: "sign"}
-COMPARE = {sympy.StrictGreaterThan: "greater", sympy.GreaterThan: "greater_equal", sympy.StrictLessThan: "less",
-           sympy.LessThan: "less_equal", sympy.Eq: "equal", sympy.Ne: "not_equal"}
-
-
+COMPARE = {relation: ufunc.__name__ for relation, ufunc in REFERENCE_COMPARE.items()}  # the same NumPy ufuncs
 BLAS_ROW = 10_000  # elements per example from which np.dot per row beats einsum (measured, float32)
 
 
@@ -96,8 +35,9 @@ class UfuncChain:
     """
 
     def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str,
-                 small: dict | None = None, full_shape: tuple = ()):
+                 small: dict | None = None, full_shape: tuple = (), use=None):
         self.names, self.scratch, self.dtype, self.printer = names, scratch, dtype, printer
+        self.use = use  # use(function) -> its name: a helper the module then carries
         self.lines: list[str] = []
         self.op_label = op_label
         self.small = small or {}  # variable -> (dtype, shape), for inputs smaller than the result (broadcast)
@@ -223,26 +163,18 @@ class UfuncChain:
             return self._pow(expr, out)
         if isinstance(expr, Relational):  # operands are numbers: never computed into the boolean ``out``
             return self.emit(COMPARE[type(expr)], *(self.operand(a) for a in expr.args), out=out)
-        if expr.func in UNARY:
-            return self._call(UNARY[expr.func], expr.args, out)
-        if isinstance(expr, Relu):
-            return self._call("maximum", (expr.args[0], sympy.S.Zero), out)
-        if isinstance(expr, Positive):  # its argument is ≥ 0, so sign() is the 0/1 step, in floats
-            return self._call("sign", expr.args, out)
-        if isinstance(expr, Maximum):
-            return self._call("maximum", expr.args, out)
-        if isinstance(expr, Minimum):
-            return self._call("minimum", expr.args, out)
-        if isinstance(expr, Softplus):
-            return self._call("logaddexp", (expr.args[0], sympy.S.Zero), out)
-        if isinstance(expr, Sigmoid):  # σ(x) = ½ + ½·tanh(x/2): no overflow for large |x|
-            self._call("multiply", (expr.args[0], sympy.Rational(1, 2)), out)
-            self.emit("tanh", out, out=out)
-            self.emit("multiply", out, "0.5", out=out)
-            self.emit("add", out, "0.5", out=out)
-            return None
         if isinstance(expr, Where):
             return self._where(expr, out)
+        fn = record(expr)
+        if fn is not None and fn.expand is not None:
+            return self.into(fn.expand(*expr.args), out)
+        if fn is not None and fn.numpy is not None:
+            ufunc, *extra = fn.numpy
+            return self._call(ufunc, (*expr.args, *map(sympy.sympify, extra)), out)
+        if fn is not None and fn.helper is not None and self.use is not None:
+            [x] = self._operands(expr.args, out)
+            self.lines.append(f"{self.use(fn.helper)}({x}, out={out})")
+            return None
         raise GraphError(f"numpy backend: cannot emit {expr.func.__name__} in {self.op_label}")
 
     def zero_unless(self, cond, out: str) -> None:
@@ -360,73 +292,6 @@ def _inverted(term):
 def _is_mask(expr) -> bool:
     """``Where(c, 1, 0)``: the boolean array ``c`` itself serves as a 0/1 factor."""
     return isinstance(expr, Where) and expr.args[1] == 1 and expr.args[2] == 0
-
-
-class CudaPrinter(C99CodePrinter):
-    """CUDA C for elementwise kernel bodies, with the same numerically stable forms as the NumPy printer.
-
-    ``names`` maps symbols (inputs, dims) to kernel parameter names. Sigmoid goes through tanh (no overflow),
-    softplus through log1p of a non-positive exponent, relu through fmax; ``Where`` is a C conditional.
-    """
-
-    def __init__(self, names=None, ctype: str = "double"):
-        super().__init__({"allow_unknown_functions": False})
-        self.names, self.ctype = names or {}, ctype
-
-    def _print_Symbol(self, expr):
-        return self.names.get(expr, expr.name)
-
-    def _typed(self, expr) -> str:
-        """``expr`` cast to the kernel's type: fmax(float, double) would resolve to a host-only overload."""
-        return f"({self.ctype})({self._print(expr)})"
-
-    def _print_Pow(self, expr):
-        base, power = expr.args
-        b = self.parenthesize(base, 100)
-        if power == -1:
-            return f"(1.0/{b})"
-        if power == 2:
-            return f"({b}*{b})"
-        if power == sympy.Rational(1, 2):
-            return f"sqrt({self._print(base)})"
-        return f"pow({self._print(base)}, {self._print(power)})"
-
-    def _print_Relational(self, expr):
-        return f"({super()._print_Relational(expr)})"
-
-    def _print_Sigmoid(self, expr):
-        return f"(0.5 + 0.5*tanh(0.5*{self.parenthesize(expr.args[0], 50)}))"
-
-    def _print_Softplus(self, expr):
-        x = self.parenthesize(expr.args[0], 50)
-        return f"({x} > 0 ? {x} + log1p(exp(-{x})) : log1p(exp({x})))"
-
-    def _print_Relu(self, expr):
-        return f"fmax({self._typed(expr.args[0])}, ({self.ctype})0)"
-
-    def _print_Positive(self, expr):
-        return f"({self._print(expr.args[0])} > 0 ? ({self.ctype})1 : ({self.ctype})0)"
-
-    def _print_Maximum(self, expr):
-        return f"fmax({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
-
-    def _print_Minimum(self, expr):
-        return f"fmin({self._typed(expr.args[0])}, {self._typed(expr.args[1])})"
-
-    def _print_Where(self, expr):
-        cond, a, b = (self._print(x) for x in expr.args)
-        return f"({cond} ? {a} : {b})"
-
-    def statements(self, expr, out: str, ctype: str) -> list[str]:
-        """C statements assigning ``expr`` to ``out``; shared subexpressions become typed locals."""
-        replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("t"), optimizations=None)
-        lines, self.ctype = [], ctype
-        for sym, sub in replacements:
-            local = f"_{sym.name}"
-            self.names[sym] = local
-            lines.append(f"const {'bool' if bool_result(sub) else ctype} {local} = {self._print(sub)};")
-        lines.append(f"{out} = {self._print(reduced)};")
-        return lines
 
 
 def _one_step(expr) -> bool:

@@ -14,19 +14,17 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import sympy
-from sympy.printing.str import StrPrinter
-
-from graphc import shapes
-from graphc.errors import GraphError
-from graphc.files import write_atomic
-from graphc.ir import PHASES, Graph
+from graphc.core import shapes
+from graphc.core.describe import describe
+from graphc.core.errors import GraphError
+from graphc.core.files import write_atomic
+from graphc.core.ir import PHASES, Graph
+from graphc.core.registry import OPS
+from graphc.passes import optimize
 
 STAGES = ("forward", "backward", "optimized")
 FORMATS = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid"}
 EXTENSIONS = {"svg": ".svg", "png": ".png", "dot": ".dot", "mermaid": ".mmd"}
-SOURCES = ("input", "param", "const", "fill")
 
 # (fill, border): light fills keep the text readable; one hue per phase, others for the sources
 PHASE_COLORS = {"forward": ("#dbeafe", "#2563eb"), "backward": ("#ffedd5", "#ea580c"),
@@ -64,7 +62,6 @@ def diagram(graph: Graph, stage: str = "forward", opt_level: int = 2, title: str
         raise GraphError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
     heading = f"{graph.name} · {stage}" + (f" (opt level {opt_level})" if stage == "optimized" else "")
     if stage == "optimized":
-        from graphc.passes import optimize  # the optimizer is needed by this stage only
         graph = optimize(graph, opt_level)[0]
     ids = forward_ids(graph) if stage == "forward" else graph.order()
     return Diagram(graph, tuple(ids), title or heading)
@@ -87,8 +84,9 @@ def edges(graph: Graph, ids) -> list[tuple[int, int, int]]:
 
 
 def kind(graph: Graph, nid: int) -> str:
-    op = graph.nodes[nid].op
-    return op if op in SOURCES else "op"
+    """How a node is drawn: as its source kind (input, param, const, fill) or as an op."""
+    source = OPS[graph.nodes[nid].op].source
+    return source if source in SOURCE_COLORS else "op"
 
 
 def roles(graph: Graph) -> dict[int, list[str]]:
@@ -102,74 +100,9 @@ def roles(graph: Graph) -> dict[int, list[str]]:
 
 
 # -- labels -----------------------------------------------------------------------------------------------
-class _Printer(StrPrinter):
-    """sympy's str form with an ew node's ``_0, _1, …`` written as its inputs' names, functions in lower case."""
-
-    def __init__(self, names: dict[str, str]):
-        super().__init__()
-        self.names = names
-
-    def _print_Symbol(self, expr):
-        return self.names.get(expr.name, expr.name)
-
-    def _print_Function(self, expr):
-        name = expr.func.__name__
-        return f"{name[:1].lower()}{name[1:]}({self.stringify(expr.args, ', ')})"
-
-    def _print_Abs(self, expr):
-        return f"abs({self._print(expr.args[0])})"
-
-
-def expression(graph: Graph, nid: int, expr) -> str:
-    """``expr`` over the node's ``_i`` symbols, each input written as its display name."""
-    names = {f"_{i}": graph.display_name(src) for i, src in enumerate(graph.nodes[nid].inputs)}
-    return _Printer(names).doprint(expr)
-
-
-def _sym(value) -> str:
-    return _Printer({}).doprint(value) if isinstance(value, sympy.Basic) else str(value)
-
-
-def _seq(value) -> str:
-    return ",".join(_sym(a) for a in value) if isinstance(value, (tuple, list)) else _sym(value)
-
-
-def _slice(index) -> str:
-    parts = []
-    for start, stop, step in index:
-        part = f"{_sym(start) if start != 0 else ''}:{_sym(stop)}"
-        parts.append(part + (f":{step}" if step != 1 else ""))
-    return f"[{', '.join(parts)}]"
-
-
-def _const(value) -> str:
-    data, shape, dtype = value
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if arr.size > 4:
-        return f"{shapes.fmt_x(shape)} array"
-    return np.array2string(arr, separator=", ") if arr.ndim else str(arr.item())
-
-
 def _init(spec) -> str:
     name, *args = spec
     return f"{name}({', '.join(f'{a:g}' for a in args)})" if args else name
-
-
-def attr_text(key: str, value) -> str | None:
-    """One attribute as a diagram shows it; None for those shown elsewhere (names, shapes on the edges)."""
-    if key in ("name", "shape", "ew_shape", "dtype", "expr", "value"):
-        return None
-    if key == "keepdims":
-        return "keepdims" if value else None
-    if key in ("axes", "axis", "perm"):
-        return f"{'perm' if key == 'perm' else 'axis'}={_seq(value)}"
-    if key == "index":
-        return _slice(value)
-    if key == "init":
-        return _init(value)
-    if key in ("scale", "alpha", "factor"):
-        return f"× {_sym(value)}"
-    return f"{key}={_seq(value)}"
 
 
 def _wrap(text: str) -> list[str]:
@@ -181,26 +114,14 @@ def _wrap(text: str) -> list[str]:
 
 
 def _operation(graph: Graph, nid: int) -> list[str]:
-    """What the node computes: an expression, ``a @ b``, or the op and its attributes."""
+    """What the node computes (the describer's words, inputs by their display names), and a source's dtype."""
     node = graph.nodes[nid]
-    attrs = dict(node.attrs)
-    words = [t for t in (attr_text(k, v) for k, v in node.attrs) if t]
-    if node.op == "ew":
-        return _wrap(expression(graph, nid, attrs["expr"])) + (_wrap(" ".join(words)) if words else [])
-    if node.op == "matmul" and len(node.inputs) == 2:
-        return [" @ ".join(graph.display_name(i) for i in node.inputs), *(_wrap(" ".join(words)) if words else [])]
-    # an unnamed node's title (its display name, e.g. sum12) already says the op
-    head = [node.op] if node.name or node.op in ("input", "param") else []
-    if node.op == "const":
-        head.append(_const(attrs["value"]))
-    elif node.op == "fill":
-        head.append(f"value {_sym(attrs['value'])}")
-    if node.op in SOURCES and node.dtype not in ("float32", "float64"):
-        words.append(node.dtype)
-    lines = _wrap(" ".join([*head, *words])) if head or words else []
-    if "expr" in attrs:  # a fused node (e.g. sum_ew) holds an expression over its inputs
-        lines += _wrap(expression(graph, nid, attrs["expr"]))
-    return lines
+    text = describe(node, {i: graph.display_name(i) for i in node.inputs})
+    if node.op == "param":
+        text += f" {_init(node.attr('init'))}"
+    if OPS[node.op].source and node.dtype not in ("float32", "float64"):
+        text += f" {node.dtype}"
+    return _wrap(text)
 
 
 def node_label(graph: Graph, nid: int, shown=None) -> tuple[str, list[str]]:
@@ -212,7 +133,7 @@ def node_label(graph: Graph, nid: int, shown=None) -> tuple[str, list[str]]:
     title = node.name or graph.display_name(nid)
     lines = _operation(graph, nid)
     lines += [f"→ {role}" for role in roles(graph).get(nid, []) if role != title]
-    if shown is not None and node.op not in SOURCES and not any(c in shown for c in graph.consumers(nid)):
+    if shown is not None and kind(graph, nid) == "op" and not any(c in shown for c in graph.consumers(nid)):
         lines.append(f"shape {shapes.fmt_x(node.shape)}" if node.shape else "scalar")
     return title, [line for line in lines if line]
 
@@ -448,7 +369,6 @@ def rewritten(before: Graph, after: Graph) -> frozenset:
 
 def pass_diagrams(graph: Graph, opt_level: int = 2, disable=()) -> list[tuple[str, Diagram]]:
     """``(file stem, diagram)`` for the graph before optimization and after each pass, numbered."""
-    from graphc.passes import optimize  # the optimizer is needed here only
     _, records = optimize(graph, opt_level, disable)
     out = [("00-input", Diagram(graph, tuple(graph.order()), f"{graph.name} · before optimization"))]
     before = graph
@@ -469,49 +389,3 @@ def render_passes(graph: Graph, directory, fmt: str = "svg", *, opt_level: int =
     directory = Path(directory)
     return [write_atomic(directory / f"{stem}{EXTENSIONS[fmt]}", encode(d, fmt, dpi))
             for stem, d in pass_diagrams(graph, opt_level, disable)]
-
-
-# -- `graphc show` ----------------------------------------------------------------------------------------
-def show_arguments(parser) -> None:
-    """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
-    parser.add_argument("--stage", choices=STAGES, default="backward",
-                        help="forward: the forward graph; backward (default): with its backward graph; "
-                             "optimized: the graph the emitter sees")
-    parser.add_argument("-o", "--output", metavar="FILE",
-                        help="write FILE.svg, .png, .dot or .mmd (default: DOT text on standard output)")
-    parser.add_argument("--each-pass", metavar="DIR",
-                        help="write one numbered diagram per optimization pass into DIR")
-    parser.add_argument("--format", choices=("svg", "png", "dot", "mmd"), default="svg",
-                        help="file format of the --each-pass diagrams (default: svg)")
-    parser.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2), default=2,
-                        help="optimization level of the optimized stage and of --each-pass (default: 2)")
-    parser.add_argument("--train", action="store_true",
-                        help="draw the training step: every param's gradient of --loss and its SGD update")
-    parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
-    parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
-
-
-def show(args) -> int:
-    """``graphc show MODEL.py``: draw each graph the model defines."""
-    from graphc.cli import load_graphs  # the command line's loader; imported late, as the CLI imports us late
-    graphs = load_graphs(args.model, args.graph)
-    if args.train:
-        from graphc.train import SGD, training_graph
-        graphs = [training_graph(g, args.loss, SGD(args.lr)) for g in graphs]
-    for g in graphs:
-        title = f"{g.name} · training step (SGD, lr={args.lr:g}) · {args.stage}" if args.train else None
-        if args.output:
-            path = Path(args.output)
-            if len(graphs) > 1:  # one file per graph
-                path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
-            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi)
-            print(f"wrote {path}")
-        elif not args.each_pass:
-            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi), end="")
-        if args.each_pass:
-            folder = Path(args.each_pass) / g.name if len(graphs) > 1 else Path(args.each_pass)
-            fmt = "mermaid" if args.format == "mmd" else args.format
-            for path in render_passes(g, folder, fmt, opt_level=args.opt_level, dpi=args.dpi):
-                print(f"wrote {path}")
-    return 0

@@ -1,4 +1,4 @@
-"""``graphc build | show | check | explain MODEL.py``: the command line."""
+"""The command line: ``graphc build | show | check | explain MODEL.py`` (the top layer: it may use every other)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,15 @@ import sys
 import traceback
 from pathlib import Path
 
-from graphc.errors import GraphError
-from graphc.ir import Graph
+from graphc.backends import BACKENDS
+from graphc.cli.check import check_graph, parse_dims, table
+from graphc.cli.explain import report
+from graphc.core.errors import GraphError
+from graphc.core.files import safe_write
+from graphc.core.ir import Graph
+from graphc.optim import SGD, training_graph
+from graphc.program import compile as compile_graph
+from graphc.viz import STAGES, render, render_passes, to_dot
 
 
 class ModelError(Exception):
@@ -71,7 +78,7 @@ def command(name: str, adder):
 
 def _compile_args(p) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2, help="optimization level")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="numpy")
     p.add_argument("--loss", help="output to train on (default: 'loss' when the graph has it)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the training step")
     p.add_argument("--disable", nargs="*", default=(), metavar="PASS", help="passes to switch off")
@@ -84,8 +91,6 @@ def _build_args(p) -> None:
 
 
 def _compile(g, args):
-    from graphc.program import compile as compile_graph
-    from graphc.train import SGD
     loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
     return compile_graph(g, backend=args.backend, opt_level=args.opt_level, loss=loss,
                          optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
@@ -94,7 +99,6 @@ def _compile(g, args):
 @command("build", _build_args)
 def build(args) -> int:
     """Write DIR/<graph>_<backend>.py for each graph in MODEL.py."""
-    from graphc.files import safe_write
     for g in load_graphs(args.model, args.graph):
         prog = _compile(g, args)
         path = safe_write(Path(args.out) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
@@ -106,7 +110,6 @@ def build(args) -> int:
 @command("explain", _compile_args)
 def explain(args) -> int:
     """Print what each optimization pass did, and the cost of the emitted code."""
-    from graphc.explain import report
     for g in load_graphs(args.model, args.graph):
         print(report(g, _compile(g, args)))
     return 0
@@ -125,7 +128,6 @@ def _check_args(p) -> None:
 @command("check", _check_args)
 def check(args) -> int:
     """Compare every parameter gradient with finite differences (in float64); exit 1 above tolerance."""
-    from graphc.check import check_graph, parse_dims, table
     dims, failed = parse_dims(args.dims), False
     for g in load_graphs(args.model, args.graph):
         rows = check_graph(g, args.loss, dims, args.tol, args.opt_level, args.max_entries, args.inputs, args.seed)
@@ -138,17 +140,46 @@ def check(args) -> int:
     return 1 if failed else 0
 
 
-def _show_arguments(parser):
+def _show_args(parser) -> None:
     """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
-    from graphc.viz import show_arguments
-    show_arguments(parser)
+    parser.add_argument("--stage", choices=STAGES, default="backward",
+                        help="forward: the forward graph; backward (default): with its backward graph; "
+                             "optimized: the graph the emitter sees")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write FILE.svg, .png, .dot or .mmd (default: DOT text on standard output)")
+    parser.add_argument("--each-pass", metavar="DIR",
+                        help="write one numbered diagram per optimization pass into DIR")
+    parser.add_argument("--format", choices=("svg", "png", "dot", "mmd"), default="svg",
+                        help="file format of the --each-pass diagrams (default: svg)")
+    parser.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2), default=2,
+                        help="optimization level of the optimized stage and of --each-pass (default: 2)")
+    parser.add_argument("--train", action="store_true",
+                        help="draw the training step: every param's gradient of --loss and its SGD update")
+    parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
+    parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
 
 
-@command("show", _show_arguments)
+@command("show", _show_args)
 def show(args) -> int:
-    from graphc.viz import show
-    return show(args)
+    """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
+    graphs = load_graphs(args.model, args.graph)
+    if args.train:
+        graphs = [training_graph(g, args.loss, SGD(args.lr)) for g in graphs]
+    for g in graphs:
+        title = f"{g.name} · training step (SGD, lr={args.lr:g}) · {args.stage}" if args.train else None
+        if args.output:
+            path = Path(args.output)
+            if len(graphs) > 1:  # one file per graph
+                path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
+            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi)
+            print(f"wrote {path}")
+        elif not args.each_pass:
+            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi), end="")
+        if args.each_pass:
+            folder = Path(args.each_pass) / g.name if len(graphs) > 1 else Path(args.each_pass)
+            fmt = "mermaid" if args.format == "mmd" else args.format
+            for path in render_passes(g, folder, fmt, opt_level=args.opt_level, dpi=args.dpi):
+                print(f"wrote {path}")
+    return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

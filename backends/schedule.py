@@ -1,15 +1,14 @@
 """Scheduling for the emitters: statement order, liveness, and a buffer plan that reuses memory.
 
-Order is ascending node id (topological and deterministic). Views (reshape, transpose, broadcast_to,
-slice) share their source's storage, so a buffer stays live until the last reader of any view of it.
+Order is ascending node id (topological and deterministic). Views (ops with the ``view`` trait) share their
+source's storage, so a buffer stays live until the last reader of any view of it.
 Buffers are keyed by (symbolic shape, dtype); a dead buffer is reused by the next node of the same key.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-VIEWS = ("reshape", "transpose", "broadcast_to", "slice")
-FED = ("input", "param")
+from graphc.core.registry import OPS
 
 
 @dataclass
@@ -37,7 +36,7 @@ def reads(graph, order) -> tuple[dict, dict]:
     storage, last_read = {}, {}
     for nid in order:
         node = graph.nodes[nid]
-        storage[nid] = storage.get(node.inputs[0], node.inputs[0]) if node.op in VIEWS else nid
+        storage[nid] = storage.get(node.inputs[0], node.inputs[0]) if OPS[node.op].view else nid
         for src in node.inputs:
             root = storage.get(src, src)
             last_read[root] = max(last_read.get(root, -1), position[nid])
@@ -65,7 +64,8 @@ def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Pl
     end = len(order)
     for nid in keep_alive:
         last_use[storage.get(nid, nid)] = end
-    needs_buffer = needs_buffer or (lambda n: n.op not in VIEWS and n.op not in FED and n.op != "const")
+    needs_buffer = needs_buffer or (lambda n: not OPS[n.op].view
+                                    and OPS[n.op].source not in ("input", "param", "const"))
     buffers: list[Buffer] = []
     free: dict[tuple, list[int]] = {}
     buffer_of, scratch = {}, {}

@@ -4,14 +4,13 @@ Fan-out gradients are summed; broadcasting is undone here, in one place, for eve
 """
 from __future__ import annotations
 
-import sympy
-
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.dtypes import is_float
+from graphc.core.errors import GraphError
+from graphc.core.ir import GradRequest, Graph
+from graphc.core.registry import OPS
 from graphc.dsl import Tensor, fill
-from graphc.errors import GraphError
-from graphc.ir import GradRequest, Graph
-from graphc.ops import OPS, is_float
-from graphc.ops.elementwise import arg, ew
+from graphc.ops.elementwise import add_all
 from graphc.ops.reduce import reduce_sum
 from graphc.ops.shape import reshape
 
@@ -22,12 +21,6 @@ def unbroadcast(g: Tensor, shape) -> Tensor:
         return g
     axes, _ = shapes.unbroadcast_axes(g.shape, shape)
     return reshape(reduce_sum(g, axes, keepdims=False), shape)
-
-
-def add_all(parts: list[Tensor]) -> Tensor:
-    if len(parts) == 1:
-        return parts[0]
-    return ew(sympy.Add(*(arg(i) for i in range(len(parts)))), parts, "add")
 
 
 def backprop(graph: Graph, loss: int, wrt: list[int], seed: Tensor) -> list[Tensor]:
@@ -95,14 +88,14 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
         if not shapes.same(seed.shape, y.shape):
             raise GraphError(f"grad: seed {seed.node.label} must have the shape of {y.node.label}")
         seed_t = seed
-    first = graph._next_id
+    first = graph.mark()
     with graph.in_phase("backward"):
         start = fill(graph, 1, (), y.dtype) if seed_t is None else seed_t
         results = backprop(graph, y.id, [w.id for w in targets], start)
     for w, r in zip(targets, results):
-        if w.name and not r.name and r.node.op not in ("input", "param"):
+        if w.name and not r.name and not OPS[r.node.op].fed:
             r.named(f"d{w.name}")
-    made = {i for i in range(first, graph._next_id) if i in graph.nodes}
+    made = graph.added_since(first)
     used = graph.needed(r.id for r in results) | set(graph.outputs.values())
     graph.remove(sorted(made - used, reverse=True))  # VJP branches towards inputs nobody asked about
     built = frozenset(made & used)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
-from graphc import shapes
-from graphc.errors import GraphError
+from graphc.core import shapes
+from graphc.core.errors import GraphError
+from graphc.core.evaluate import evaluate
+from graphc.core.registry import OPS
 
 PHASES = ("forward", "backward", "update")
 _ACTIVE: list[Graph] = []
@@ -120,16 +122,23 @@ class Graph:
         self.nodes[nid] = replace(self.nodes[nid], name=name)
 
     def output(self, **named) -> None:
-        """Declare the graph's named outputs: ``g.output(loss=loss, dW1=dW1)``."""
-        from graphc.dsl import Tensor  # the DSL handle; imported here to keep ir free of it
+        """Declare the graph's named outputs: ``g.output(loss=loss, dW1=dW1)`` (tensors of this graph)."""
         for name, t in named.items():
-            if not isinstance(t, Tensor) or t.graph is not self:
+            if getattr(t, "graph", None) is not self or not isinstance(getattr(t, "id", None), int):
                 raise GraphError(f"output {name!r} is not a tensor of graph {self.name!r}")
             if name in self.inputs or name in self.params:
                 raise GraphError(f"output {name!r} has the name of an input or param of graph {self.name!r}")
             self.outputs[name] = t.id
-            if self.nodes[t.id].op not in ("input", "param"):
+            if not OPS[self.nodes[t.id].op].fed:
                 self.rename(t.id, name)
+
+    def mark(self) -> int:
+        """A mark to find the nodes added after it (``added_since``)."""
+        return self._next_id
+
+    def added_since(self, mark: int) -> set[int]:
+        """Ids of the nodes added since ``mark`` that are still in the graph."""
+        return {i for i in range(mark, self._next_id) if i in self.nodes}
 
     # -- queries ---------------------------------------------------------------------------
     def order(self, ids=None) -> list[int]:
@@ -152,6 +161,10 @@ class Graph:
 
     def consumers(self, nid: int) -> list[int]:
         return sorted(set(self.nx.successors(nid)))
+
+    def single_use(self, nid: int) -> bool:
+        """Read by exactly one node and not a root: a rewrite may fold it into its reader."""
+        return len(self.consumers(nid)) == 1 and nid not in self.roots()
 
     def display_name(self, nid: int) -> str:
         node = self.nodes[nid]
@@ -184,16 +197,7 @@ class Graph:
 
     def evaluate(self, feeds: dict, outputs=None) -> dict:
         """Reference NumPy interpretation of the graph: the oracle for every backend."""
-        from graphc.evaluate import evaluate
         return evaluate(self, feeds, outputs)
-
-    def to_dot(self, stage: str = "forward", **kw) -> str:
-        from graphc.viz import to_dot
-        return to_dot(self, stage=stage, **kw)
-
-    def to_mermaid(self, stage: str = "forward", **kw) -> str:
-        from graphc.viz import to_mermaid
-        return to_mermaid(self, stage=stage, **kw)
 
     def __repr__(self) -> str:
         return f"<graphc.Graph {self.name!r}: {len(self.nodes)} nodes, outputs {list(self.outputs)}>"
@@ -208,13 +212,14 @@ def active_graph(what: str) -> Graph:
 class Rebuild:
     """Copy a graph node by node into a fresh one (ascending id order), letting a pass rewrite nodes.
 
-    ``rule(rb, node) -> new id | None``; None copies the node. ``rb.arg(old_id)`` maps an input,
-    ``rb.add(...)`` adds to the new graph. Hash-consing in the new graph merges duplicates (CSE).
+    ``rule(rb, node) -> new id | None``, or a dict of such rules by op name; None copies the node.
+    ``rb.arg(old_id)`` maps an input, ``rb.add(...)`` adds to the new graph. Hash-consing in the new graph
+    merges duplicates (CSE). The new graph is of the old one's class.
     """
 
     def __init__(self, old: Graph):
         self.old = old
-        self.new = Graph(old.name)
+        self.new = type(old)(old.name)
         self.map: dict[int, int] = {}
 
     def arg(self, old_id: int) -> int:
@@ -237,6 +242,9 @@ class Rebuild:
     def run(self, rule=None, keep=None) -> Graph:
         old = self.old
         ids = old.order(keep) if keep is not None else old.order()
+        if isinstance(rule, dict):
+            rules = rule
+            rule = lambda rb, node: rules[node.op](rb, node) if node.op in rules else None  # noqa: E731
         for nid in ids:
             node = old.nodes[nid]
             new_id = rule(self, node) if rule else None
@@ -253,7 +261,7 @@ class Rebuild:
         new.updates = {k: m[v] for k, v in old.updates.items()}
         new.hypers = dict(old.hypers)
         for name, nid in new.outputs.items():
-            if new.nodes[nid].op not in ("input", "param"):
+            if not OPS[new.nodes[nid].op].fed:
                 new.rename(nid, name)
         new.grads = [GradRequest(m[r.loss], tuple(m[w] for w in r.wrt),
                                  None if r.seed is None else m[r.seed],

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 import sympy
 
-from graphc.autodiff import grad
+from graphc.core.errors import GraphError
+from graphc.core.ir import Rebuild
 from graphc.dsl import Tensor
-from graphc.errors import GraphError
-from graphc.ir import Rebuild
 from graphc.ops.elementwise import arg, ew
+from graphc.transforms.autodiff import grad
+from graphc.transforms.per_example import dp_sgd_gradients
 
 LR = sympy.Symbol("lr", positive=True)  # an argument of the generated train_step, defaulting to SGD's lr
 
@@ -42,7 +43,6 @@ class SGD:
         """The gradients the update uses where they are not ``∂loss/∂p``; None for the plain gradient."""
         if self.clip_per_example is None:
             return None
-        from graphc.per_example import dp_sgd_gradients
         return dp_sgd_gradients(loss, params, self.clip_per_example, self.noise, self.seed)
 
     def update(self, param: Tensor, g: Tensor) -> Tensor:

@@ -5,13 +5,15 @@ import re
 import tracemalloc
 
 import numpy as np
+import sympy
 
-from graphc import shapes
+from graphc.core import shapes
+from graphc.core.registry import OPS
+from graphc.dsl import init_params
 
 
 def random_feeds(graph, sizes: dict, seed: int = 0) -> dict:
     """Inputs of the right shapes and dtypes (labels below their class count) and initialized params."""
-    from graphc.dsl import init_params
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, nid in graph.inputs.items():
@@ -27,15 +29,15 @@ def random_feeds(graph, sizes: dict, seed: int = 0) -> dict:
 
 
 def class_count(graph, nid: int, sizes: dict) -> int:
-    """The number of classes integer labels index: from the one_hot or cross-entropy reading them."""
+    """The number of classes integer labels index: from the op reading them as class ids (one_hot, …)."""
+    counts = []
     for user in graph.consumers(nid):
         node = graph.nodes[user]
-        if node.op == "one_hot":
-            return int(node.attr("k").subs(sizes))
-        if node.op == "softmax_cross_entropy":
-            z = graph.nodes[node.inputs[0]]
-            return int(z.shape[node.attr("axis")].subs(sizes))
-    return 2
+        rule = OPS[node.op].class_ids
+        ins = [graph.nodes[i] for i in node.inputs]
+        counts += [int(sympy.sympify(k).subs(sizes)) for slot, k in (rule(node, ins) if rule else ())
+                   if node.inputs[slot] == nid]
+    return min(counts, default=2)
 
 
 def measure(prog, feeds: dict) -> dict:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from graphc import shapes
-from graphc.errors import GraphError
-from graphc.ops import OPS
+from graphc.core import shapes
+from graphc.core.errors import GraphError
+from graphc.core.interpret import Interpreter
+from graphc.core.registry import OPS
 
 
 def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
@@ -49,9 +50,16 @@ def evaluate(graph, feeds: dict, outputs=None) -> dict:
     needed = graph.needed(graph.outputs[n] for n in names)
     env, values = check_feeds(graph, feeds, needed)
     env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()})
-    for nid in graph.order(needed):
-        if nid in values:
-            continue
-        node = graph.nodes[nid]
-        values[nid] = OPS[node.op].impl(node, env, *(values[i] for i in node.inputs))
+    values = Evaluator(graph, env).run([graph.outputs[n] for n in names], values)
     return {n: values[graph.outputs[n]] for n in names}
+
+
+class Evaluator(Interpreter):
+    """Each node's value by its op's reference implementation, with the dims bound in ``env``."""
+
+    def __init__(self, graph, env: dict):
+        super().__init__(graph)
+        self.env = env
+
+    def value(self, node, inputs):
+        return OPS[node.op].impl(node, self.env, *inputs)

@@ -7,7 +7,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from graphc.errors import GraphError
+from graphc.core.errors import GraphError
 
 
 def _file_mode(path: Path) -> int:

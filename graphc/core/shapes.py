@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sympy
 
-from graphc.errors import GraphError
+from graphc.core.errors import GraphError
 
 Shape = tuple  # of sympy expressions
 

@@ -1,0 +1,78 @@
+"""The CuPy backend: a standalone module that runs on an NVIDIA GPU with CuPy.
+
+It shares the emitter framework (statements, buffer plan, checks, API) and NumPy's lowering table, and differs
+where the GPU pays off: fused groups are CUDA kernels (``kernels``) defined once at module level, matmuls go to
+``cp.matmul`` (cuBLAS), the remaining ops are CuPy array calls.
+"""
+from __future__ import annotations
+
+from graphc.backends import emitter
+from graphc.backends.codewriter import CodeWriter, Names
+from graphc.backends.cupy.kernels import C_TYPES, Kernel
+from graphc.backends.cupy.lowering import LOWERINGS
+from graphc.backends.cupy.runtime import _check_finite, _device, _write_back
+from graphc.backends.numpy.printer import NumPyScalarPrinter
+
+__all__ = ["C_TYPES", "ModuleEmitter"]
+
+
+class ModuleEmitter(emitter.ModuleEmitter):
+    BACKEND, TITLE, XP = "cupy", "CuPy", "cp"
+    IMPORTS = ("import cupy as cp", "import numpy as np")
+    ARRAY = "(np.ndarray, cp.ndarray)"
+    LOWERINGS = LOWERINGS
+    RUNTIME = (*emitter.ModuleEmitter.RUNTIME, _device, _write_back)
+    NUMERICS = (_check_finite,)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kernels: dict[Kernel, str] = {}
+        self.kernel_names = Names()
+
+    @staticmethod
+    def printer(names):
+        return NumPyScalarPrinter(names, "cp")
+
+    @staticmethod
+    def reduce(ufunc: str, x: str, axis, keepdims, out: str) -> str:
+        keep = "" if keepdims is None else f", keepdims={keepdims}"
+        return f"cp.{ {'add': 'sum', 'maximum': 'max'}[ufunc]}({x}, axis={axis!r}{keep}, out={out})"
+
+    @staticmethod
+    def take(src: str, index: str, out: str) -> str:
+        return f"cp.take({src}, {index}, out={out})"
+
+    @staticmethod
+    def put(dst: str, index: str, values: str) -> str:
+        return f"cp.put({dst}, {index}, {values})"
+
+    def kernel(self, kernel: Kernel, label: str) -> str:
+        """The module-level name of ``kernel``, defined once however many nodes launch it."""
+        if kernel not in self.kernels:
+            self.kernels[kernel] = self.kernel_names.fresh(label)
+        return self.kernels[kernel]
+
+    def _array_text(self, host: str) -> str:
+        return f"cp.asarray({host})"
+
+    def _definitions(self, w: CodeWriter) -> None:
+        super()._definitions(w)
+        w.line("")
+        w.line("# CUDA kernels: compiled by CuPy on first launch and cached")
+        for kernel, name in self.kernels.items():
+            for text in kernel.definition(name):
+                w.line(text)
+        w.line("")
+        w.line("")
+
+    def _to_device(self, w: CodeWriter, *tables: str) -> None:
+        for table in tables:
+            if table == "params":
+                w.line("host, params = params, _device(params)")
+            else:
+                w.line(f"{table} = _device({table})")
+
+    def _train_return(self, w: CodeWriter, call: str) -> None:
+        w.line(f"out = {call}")
+        w.line("_write_back(host, params)")
+        w.line("return out")

@@ -1,0 +1,64 @@
+"""CUDA C for elementwise kernel bodies, by a small subclass of sympy's C printer."""
+from __future__ import annotations
+
+import sympy
+from sympy.core.relational import Relational
+from sympy.printing.c import C99CodePrinter
+
+from graphc.core.errors import GraphError
+from graphc.ops.elementwise import record
+
+
+def bool_result(expr) -> bool:
+    return isinstance(expr, (Relational, sympy.logic.boolalg.BooleanFunction))
+
+
+class CudaPrinter(C99CodePrinter):
+    """CUDA C for elementwise kernel bodies, with the same numerically stable forms as the NumPy backend.
+
+    ``names`` maps symbols (inputs, dims) to kernel parameter names. A function prints through its record: its
+    C text (``{T}`` the kernel's type), or its expansion into simpler functions.
+    """
+
+    def __init__(self, names=None, ctype: str = "double"):
+        super().__init__({"allow_unknown_functions": False})
+        self.names, self.ctype = names or {}, ctype
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _print_Pow(self, expr):
+        base, power = expr.args
+        b = self.parenthesize(base, 100)
+        if power == -1:
+            return f"(1.0/{b})"
+        if power == 2:
+            return f"({b}*{b})"
+        if power == sympy.Rational(1, 2):
+            return f"sqrt({self._print(base)})"
+        return f"pow({self._print(base)}, {self._print(power)})"
+
+    def _print_Relational(self, expr):
+        return f"({super()._print_Relational(expr)})"
+
+    def _print_Function(self, expr):
+        fn = record(expr)
+        if fn is None:
+            raise GraphError(f"cupy backend: cannot print {expr.func.__name__} as C")
+        if fn.c is not None:
+            return fn.c.format(*(self._print(a) for a in expr.args), T=self.ctype)
+        return f"({self._print(fn.expand(*expr.args))})"  # a sum in a product's place: parenthesized
+
+    _print_exp = _print_log = _print_tanh = _print_sin = _print_cos = _print_Abs = _print_sign = _print_Function
+    _print_log1p = _print_Function
+
+    def statements(self, expr, out: str, ctype: str) -> list[str]:
+        """C statements assigning ``expr`` to ``out``; shared subexpressions become typed locals."""
+        replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("t"), optimizations=None)
+        lines, self.ctype = [], ctype
+        for sym, sub in replacements:
+            local = f"_{sym.name}"
+            self.names[sym] = local
+            lines.append(f"const {'bool' if bool_result(sub) else ctype} {local} = {self._print(sub)};")
+        lines.append(f"{out} = {self._print(reduced)};")
+        return lines

@@ -1,0 +1,21 @@
+"""Runtime helpers of CuPy modules, copied into the generated file, whose ``cp`` (CuPy) and ``np`` they use:
+this package imports no CuPy."""
+
+
+def _check_finite(name, op, value):
+    """Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""
+    if not bool(cp.all(cp.isfinite(value))):
+        bad = "NaN" if bool(cp.any(cp.isnan(value))) else "Inf"
+        raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
+
+
+def _device(arrays):
+    """The arrays on the GPU (host NumPy arrays are copied over)."""
+    return {name: cp.asarray(value) for name, value in arrays.items()}
+
+
+def _write_back(host, device):
+    """Copy updated device arrays back into the host NumPy arrays they came from."""
+    for name, value in host.items():
+        if isinstance(value, np.ndarray):
+            value[...] = device[name].get()

@@ -1,0 +1,465 @@
+"""The backend-neutral emitter framework: a graph becomes a standalone, readable Python module.
+
+``FunctionEmitter`` plans one function (statement order, variable names, buffers from liveness) and writes
+one commented statement, or a short in-place chain, per node by calling the backend's lowering of its op.
+``ModuleEmitter`` writes the module around the functions: docstring, checks of the feeds, buffer allocation
+cached per value of the symbolic dims, ``run`` / ``init_params`` / ``train_step``, and the runtime helpers the
+functions use, copied from real Python functions (``inspect.getsource``) so the file needs nothing of graphc.
+
+A backend subclasses ``ModuleEmitter``: its array module (``XP``), its lowering table (op name -> function
+writing statements), its expression printer, its runtime helpers and the hooks where its module differs.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+
+import numpy as np
+import sympy
+
+from graphc.backends import runtime
+from graphc.backends.codewriter import CodeWriter, Names
+from graphc.backends.schedule import deferred_updates, plan
+from graphc.core import shapes
+from graphc.core.describe import describe
+from graphc.core.errors import GraphError
+from graphc.core.initializers import init_array
+from graphc.core.registry import OPS
+
+
+class Lowerings(dict):
+    """A backend's lowering table: op name -> ``lower(st)`` appending the statements computing ``st.node``.
+
+    A view op's lowering returns the expression of the view instead (no statement, no buffer).
+    """
+
+    def register(self, *ops: str):
+        def add(fn):
+            for op in ops:
+                self[op] = fn
+            return fn
+        return add
+
+
+class Statement:
+    """The emission context of one node: its input variables, its output variable, scratch, lines."""
+
+    def __init__(self, fn, node, out: str | None, scratch: list[str] | None):
+        self.fn, self.node, self.out = fn, node, out
+        self.args = [fn.var[i] for i in node.inputs]
+        self.lines: list[str] = []
+        self._scratch = list(scratch or [])
+        self.requests: list[tuple] = []
+
+    @property
+    def xp(self) -> str:
+        """The array module's name in the generated file (``np``, ``cp``)."""
+        return self.fn.module.XP
+
+    @property
+    def module(self):
+        return self.fn.module
+
+    def input(self, k: int):
+        """The node of input ``k``."""
+        return self.fn.graph.nodes[self.node.inputs[k]]
+
+    def scratch(self, dtype: str, shape=None) -> str:
+        """A temporary of ``shape`` (default: the node's) planned by the scheduler."""
+        self.requests.append((tuple(self.node.shape if shape is None else shape), dtype))
+        return self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"
+
+    def line(self, text: str) -> None:
+        if text:
+            self.lines.append(text)
+
+    def dims(self, shape) -> str:
+        return self.fn.shape_text(shape)
+
+    def value(self, expr) -> str:
+        return self.fn.printer.doprint(sympy.sympify(expr))
+
+
+PLACEHOLDER = re.compile(r"\b_scratch(\d+)\b")  # temporaries in a draft, before the buffer plan names them
+
+
+def name_temporaries(lines: list[str], temps: list[str]) -> list[str]:
+    """A node's draft statements with the planned buffers in place of their placeholder temporaries."""
+    return [PLACEHOLDER.sub(lambda hit: temps[int(hit.group(1)) - 1], text) for text in lines]
+
+
+def readable(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def expr_label(expr) -> str:
+    """A word for what an elementwise expression does at its top: add, sub, mul, pow, or its function."""
+    if expr.is_Add:
+        return "add" if all(not (a.as_coeff_Mul()[0] < 0) for a in expr.args) else "sub"
+    if expr.is_Mul:
+        return "mul"
+    if expr.is_Pow:
+        return "pow"
+    return type(expr).__name__.lower()
+
+
+class FunctionEmitter:
+    """Emits one function computing the roots of a graph (and applying its param updates in place)."""
+
+    def __init__(self, graph, module, fname: str):
+        self.graph, self.module, self.fname = graph, module, fname
+        self.dim_names = {d: d.name for d in module.dims}
+        self.printer = module.printer(self.dim_names)
+        self.var: dict[int, str] = {}
+        self.helpers: dict[str, tuple] = {}
+        needed = graph.needed(graph.roots())
+        updates = {nid: name for name, nid in graph.updates.items()}
+        late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
+        self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
+        self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
+        for name, nid in {**graph.inputs, **graph.params}.items():
+            self.var[nid] = name
+        names = Names(self.var.values())
+        for nid in sorted(needed):
+            if nid not in self.var:
+                wanted = f"new_{self.deferred[nid]}" if nid in self.deferred else self._wanted(graph.nodes[nid])
+                self.var[nid] = names.fresh(wanted)
+        self.names = names
+        keep = set(graph.outputs.values()) | set(self.deferred)
+        self.drafts: dict[int, list[str]] = {}
+        self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
+                         scratch_for=self._scratch_needs)
+
+    def _wanted(self, node) -> str:
+        if node.name:
+            return node.name
+        if node.op == "ew":
+            return expr_label(node.attr("expr"))
+        return OPS[node.op].var or node.op
+
+    def _computed(self, node) -> bool:
+        """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""
+        op = OPS[node.op]
+        return not op.view and op.source not in ("input", "param", "const")
+
+    def _needs_buffer(self, node) -> bool:
+        return self._computed(node) and node.id not in self.updates
+
+    def _scratch_needs(self, node):
+        """Emit the node once with placeholder temporaries (kept as its draft); report what they need."""
+        if not self._computed(node):
+            return []
+        st = Statement(self, node, self.updates.get(node.id) or self.var[node.id], None)
+        self._lower(st)
+        self.drafts[node.id] = st.lines
+        return st.requests
+
+    def _lower(self, st):
+        node = st.node
+        if node.id in self.updates and node.op != "ew":  # a param's new value computed elsewhere: copy it in
+            st.line(f"{self.module.XP}.copyto({st.out}, {st.args[0]})")
+            return
+        lower = self.module.LOWERINGS.get(node.op)
+        if lower is None:
+            raise GraphError(f"{self.module.BACKEND} backend: cannot emit op {node.op!r} (node {node.label})")
+        lower(st)
+
+    def shape_text(self, shape) -> str:
+        items = [self.printer.doprint(sympy.sympify(d)) for d in shape]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+    def rows(self, n) -> str:
+        """A cached ``arange(n)`` of row numbers (int64), allocated with the buffers."""
+        return self._helper("rows", n)
+
+    def arange(self, n) -> str:
+        return self._helper("arange", n)
+
+    def _helper(self, kind, n) -> str:
+        key = f"{kind}:{n}"
+        if key not in self.helpers:
+            self.helpers[key] = (f"_{kind}{len(self.helpers)}", n)
+        return f"B[{self.helpers[key][0]!r}]"
+
+    def body(self, w: CodeWriter) -> None:
+        p = self.plan
+        for nid in p.order:
+            node = self.graph.nodes[nid]
+            if OPS[node.op].fed:
+                continue
+            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
+            name = self.var[nid]
+            if node.op == "const":
+                w.line(f"{name} = {self.module.constant(node)}  {comment}")
+                continue
+            st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
+            if OPS[node.op].view:
+                w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
+                continue
+            st.out = self.updates.get(nid) or name
+            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
+            if nid in self.updates:
+                w.line(f"{comment} (update of {st.out}, in place)")
+                for text in st.lines:
+                    w.line(text)
+                self._check_numerics(w, node, st.out)
+                continue
+            buf = f"B[{p.buffer_of[nid]}]"
+            if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
+                w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
+            else:
+                w.line(f"{name} = {buf}  {comment}")
+                for text in st.lines:
+                    w.line(text)
+            self._check_numerics(w, node, name)
+        for nid, param in self.deferred.items():
+            w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
+                   "above read it")
+
+    def describe(self, node) -> str:
+        """The comment of a node's statement: what it computes, in terms of the function's variables."""
+        return readable(describe(node, self.var))
+
+    def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
+        """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
+        if self.module.check_numerics and node.dtype.startswith("float"):
+            who = node.name or self.graph.display_name(node.id)
+            w.line(f"_check_finite({who!r}, {node.op!r}, {value})")
+
+    def allocation(self) -> list[str]:
+        lines = []
+        for b in self.plan.buffers:
+            users = ", ".join(self.var[u] for u in b.users) or "scratch"
+            lines.append(f"{self.module.XP}.empty({self.shape_text(b.shape)}, {self.module.XP}.{b.dtype}),  # {users}")
+        return lines
+
+
+class ModuleEmitter:
+    """The whole generated module: docstring, checks, buffers, run / init_params / train_step, helpers.
+
+    A backend subclass sets the class attributes and overrides ``_to_device`` / ``_train_return`` where its
+    module differs.
+    """
+
+    BACKEND = TITLE = XP = ""
+    IMPORTS: tuple = ()
+    ARRAY = ""  # what the checks accept as an array
+    LOWERINGS: Lowerings = Lowerings()
+    RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers)  # helpers every module carries
+    NUMERICS: tuple = ()  # helpers of check_numerics
+
+    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
+        self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
+        self.dims = graph.dims()
+        self.constants: dict = {}
+        self.check_numerics = check_numerics
+        self.helper_functions: list = []  # functions the statements call (e.g. erf): copied into the module
+
+    @staticmethod
+    def printer(names):
+        """The printer of scalar expressions (``1/m``) for this backend."""
+        raise NotImplementedError
+
+    def use(self, function) -> str:
+        """The name of a helper function the module carries (its source is copied in once)."""
+        if function not in self.helper_functions:
+            self.helper_functions.append(function)
+        return function.__name__
+
+    def constant(self, node) -> str:
+        if node.id not in self.constants:
+            data, shape, dtype = node.attr("value")
+            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+            name = f"_CONST{len(self.constants)}"
+            self.constants[node.id] = (name, self._array_text(f"np.array({arr.tolist()!r}, dtype=np.{dtype})"))
+        return self.constants[node.id][0]
+
+    def generator(self, node) -> str:
+        """A module-level generator for a ``random_normal`` stream: it advances with every call."""
+        seed, stream = node.attr("seed"), node.attr("stream")
+        key = ("rng", seed, stream)
+        if key not in self.constants:
+            self.constants[key] = (f"_RNG{len(self.constants)}", f"{self.XP}.random.default_rng([{seed}, {stream}])")
+        return self.constants[key][0]
+
+    def _array_text(self, host: str) -> str:
+        """Module-level text for a host (NumPy) array as this backend's array."""
+        return host
+
+    def _definitions(self, w: CodeWriter) -> None:
+        """Module-level definitions the functions use: the runtime helpers."""
+        helpers = [*self.RUNTIME, *(self.NUMERICS if self.check_numerics else ()), *self.helper_functions]
+        for fn in helpers:
+            w.lines.extend(inspect.getsource(fn).rstrip().splitlines())
+            w.line("")
+            w.line("")
+
+    def _to_device(self, w: CodeWriter, *tables: str) -> None:
+        """Statements converting the arrays of the named dicts for the functions; none for NumPy."""
+
+    def _train_return(self, w: CodeWriter, call: str) -> None:
+        w.line(f"return {call}")
+
+    def source(self) -> str:
+        w = CodeWriter()
+        g = self.graph
+        fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
+        if self.train_graph is not None:
+            fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
+        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} '
+               f'({self.TITLE} backend, opt level {self.opt_level}).')
+        w.line("")
+        w.line(f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs"
+               + (", train_step(params, batch) for one SGD step." if self.train_graph is not None else "."))
+        w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+        w.line("")
+        for title, table in (("Inputs", g.inputs), ("Params", g.params), ("Outputs", g.outputs)):
+            w.line(f"{title}:")
+            for name, nid in table.items():
+                node = g.nodes[nid]
+                extra = f", init {node.attr('init')[0]}" if node.op == "param" else ""
+                w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}{extra}")
+        w.line('"""')
+        for text in self.IMPORTS:
+            w.line(text)
+        w.line("")
+        body = {}
+        for fname, fe in fns:
+            cw = CodeWriter()
+            cw.depth = 1
+            fe.body(cw)
+            body[fname] = cw
+        w.line("")
+        w.line(f"DIMS = {tuple(d.name for d in self.dims)!r}")
+        w.line("INPUTS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
+                                        for n, i in g.inputs.items()) + "}")
+        w.line("PARAMS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r}, "
+                                        f"{g.nodes[i].attr('init')!r})" for n, i in g.params.items()) + "}")
+        w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
+        for name, text in self.constants.values():
+            w.line(f"{name} = {text}")
+        w.line("")
+        w.line("")
+        self._definitions(w)
+        self._checks(w)
+        for fname, fe in fns:
+            self._buffers(w, fname, fe)
+            args = ", ".join(["B", *(d.name for d in self.dims), *fe.graph.inputs, *fe.graph.params, *fe.graph.hypers])
+            w.line("")
+            with w.block(f"def {fname}({args}):"):
+                w.lines.extend(body[fname].lines)
+                outs = ", ".join(f"{n!r}: {fe.var[i]}" for n, i in fe.graph.outputs.items())
+                w.line(f"return {{{outs}}}")
+            w.line("")
+        self._api(w, fns)
+        w.line("")
+        w.line("")
+        w.lines.extend(inspect.getsource(init_array).rstrip().splitlines())
+        return w.text()
+
+    def _checks(self, w: CodeWriter) -> None:
+        w.line("")
+        with w.block("def _check(feeds, names, dims=None):"):
+            w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
+            with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):
+                w.line("_explain(feeds, names)")
+            with w.block("for name in names:"):
+                with w.block("if name not in feeds:"):
+                    w.line("_explain(feeds, names)")
+            with w.block("if dims is None:"):
+                for d in self.dims:
+                    w.line(f"{d.name} = {self._binding(d)}")
+                w.line(f"dims = ({''.join(d.name + ', ' for d in self.dims)})")
+            with w.block("for name in names:"):
+                w.line("value = feeds[name]")
+                w.line("shape, dtype = _SPEC[name]")
+                with w.block(f"if not isinstance(value, {self.ARRAY}) or value.dtype != dtype:"):
+                    w.line(f'got = value.dtype if isinstance(value, {self.ARRAY}) else type(value).__name__')
+                    w.line('raise ValueError(f"{name} expects {dtype} with shape {shape}, got {got}")')
+                with w.block("if value.shape != _SHAPES[name](*dims):"):
+                    w.line('raise ValueError(f"{name} expects shape {shape} = {_SHAPES[name](*dims)}, "')
+                    w.line('                 f"got {value.shape}")')
+            w.line("return dims")
+        w.line("")
+        g = self.graph
+        spec = {**g.inputs, **g.params}
+        w.line("_SPEC = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
+                                       for n, i in spec.items()) + "}")
+        dims = ", ".join(d.name for d in self.dims)
+        printer = self.printer({})
+        w.line("_SHAPES = {")
+        for n, i in spec.items():
+            dims_text = ", ".join(printer.doprint(d) for d in g.nodes[i].shape)
+            tup = f"({dims_text},)" if len(g.nodes[i].shape) == 1 else f"({dims_text})"
+            w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))  # shape at the bound dims
+        w.line("}")
+
+    def _binding(self, d) -> str:
+        """How a symbolic dim is read off the feeds: the first axis that is exactly that dim."""
+        g = self.graph
+        for name, nid in g.inputs.items():
+            for axis, e in enumerate(g.nodes[nid].shape):
+                if e == d:
+                    return f'_shape_of(feeds, {name!r}, {axis})'
+        for name, nid in g.inputs.items():
+            for axis, e in enumerate(g.nodes[nid].shape):
+                if d in e.free_symbols:
+                    n = sympy.Symbol("_n")
+                    (solution,) = sympy.solve(sympy.Eq(e, n), d)
+                    text = self.printer({n: f"_shape_of(feeds, {name!r}, {axis})"}).doprint(solution)
+                    return f"int({text})"
+        raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}")
+
+    def _buffers(self, w: CodeWriter, fname: str, fe: FunctionEmitter) -> None:
+        dims = ", ".join(d.name for d in self.dims)
+        w.line("")
+        with w.block(f"def {fname}_allocate({dims}):"):
+            w.line('"""The buffers of one call, planned from liveness and reused across nodes."""')
+            w.line("B = [")
+            for text in fe.allocation():
+                w.line("    " + text)
+            w.line("]")
+            w.line("return _Buffers(B, {" + ", ".join(
+                f"{hname!r}: {self.XP}.arange({fe.printer.doprint(sympy.sympify(n))}, dtype={self.XP}.int64)"
+                for hname, n in fe.helpers.values()) + "})")
+        w.line("")
+        w.line(f"{fname}_cache = {{}}")
+
+    def _api(self, w: CodeWriter, fns) -> None:
+        g = self.graph
+        inputs = list(g.inputs)
+        params = list(g.params)
+        with w.block("def run(feeds, copy=True):"):
+            w.line('"""The graph\'s outputs for feeds (every input and param by name): fresh arrays, or with')
+            w.line('copy=False the module\'s reused buffers themselves, valid until the next call."""')
+            w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
+            self._to_device(w, "feeds")
+            w.line("B = _compute_cache.get(dims)")
+            with w.block("if B is None:"):
+                w.line("B = _compute_cache[dims] = _compute_allocate(*dims)")
+            args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
+            w.line(f"out = _compute(B, *dims, {args})")
+            fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
+            w.line(f"return {fresh} if copy else out")
+        w.line("")
+        w.line("")
+        with w.block("def init_params(seed=0):"):
+            w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
+            ones = ", ".join("1" for _ in self.dims)
+            fresh = self._array_text(f"init_array(spec[2], _SHAPES[name]({ones}), spec[1], seed, index)")
+            w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
+        if len(fns) > 1:
+            w.line("")
+            w.line("")
+            hypers = self.train_graph.hypers
+            signature = "".join(f", {k}={v!r}" for k, v in hypers.items())
+            with w.block(f"def train_step(params, batch{signature}):"):
+                w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
+                w.line(f"dims = _check(batch, {tuple(inputs)!r})")
+                w.line(f"_check(params, {tuple(params)!r}, dims)")
+                self._to_device(w, "batch", "params")
+                w.line("B = _train_cache.get(dims)")
+                with w.block("if B is None:"):
+                    w.line("B = _train_cache[dims] = _train_allocate(*dims)")
+                args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), *hypers])
+                self._train_return(w, f"_train(B, *dims, {args})")

@@ -1,0 +1,255 @@
+"""The NumPy lowering of the core ops: ``lower(st)`` appends the statements computing ``st.node`` into ``st.out``.
+
+Written against the array module's API (``st.xp``), so a backend whose module follows NumPy's (CuPy) starts from
+this table and overrides what it does differently. Broadcast operands are staged at full size with ``copyto``:
+a broadcasting ufunc call makes NumPy allocate an iteration buffer on every call, and a steady-state step
+should allocate nothing.
+"""
+from __future__ import annotations
+
+import sympy
+
+from graphc.backends.emitter import Lowerings
+from graphc.backends.numpy.printer import NumPyScalarPrinter
+from graphc.backends.numpy.ufuncs import UfuncChain
+from graphc.core.registry import reduced_shape
+
+LOWERINGS = Lowerings()
+def _chain(st, expr, out: str, full_shape) -> None:
+    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``)."""
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
+    names.update(st.fn.dim_names)
+    ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
+    small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
+    chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
+                       f"node {st.node.label}", small, full_shape, use=st.module.use)
+    for text in chain.run(expr, out):
+        st.line(text)
+
+
+@LOWERINGS.register("ew")
+def _ew(st):
+    _chain(st, st.node.attr("expr"), st.out, st.node.shape)
+
+
+def _axes(node):
+    axes = node.attr("axes")
+    return axes[0] if len(axes) == 1 else axes
+
+
+@LOWERINGS.register("sum")
+def _sum(st):
+    n = st.node
+    st.line(st.module.reduce("add", st.args[0], _axes(n), n.attr('keepdims'), st.out))
+
+
+@LOWERINGS.register("max")
+def _max(st):
+    n = st.node
+    st.line(st.module.reduce("maximum", st.args[0], _axes(n), n.attr('keepdims'), st.out))
+
+
+@LOWERINGS.register("sum_ew")
+def _sum_ew(st):
+    n = st.node
+    full = n.attr("ew_shape")
+    expr = n.attr("expr")
+    a0, a1 = sympy.Symbol("_0", real=True), sympy.Symbol("_1", real=True)
+    ins = [st.fn.graph.nodes[i] for i in n.inputs]
+    pair = [st.args[0], st.args[1]] if expr == a0 * a1 else [st.args[0]] * 2 if expr == a0**2 else None
+    if pair and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
+        letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
+        kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
+        return st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
+    tmp = st.scratch(n.dtype, full)
+    _chain(st, expr, tmp, full)
+    st.line(st.module.reduce("add", tmp, _axes(n), n.attr('keepdims'), st.out))
+
+
+def _rows(st, ufunc: str, a: str, row: str, out: str, shape=None) -> None:
+    """``ufunc(a, row)`` with ``row`` broadcast (a per-row statistic), staged at full size with ``np.copyto``:
+    a broadcasting ufunc call makes NumPy allocate an iteration buffer on every call."""
+    stage = out if out != a else st.scratch(st.node.dtype, shape)
+    st.line(f"{st.xp}.copyto({stage}, {row})")
+    st.line(f"{st.xp}.{ufunc}({a}, {stage}, out={out})")
+
+
+@LOWERINGS.register("logsumexp")
+def _logsumexp(st):
+    n, x = st.node, st.args[0]
+    xs = st.fn.graph.nodes[n.inputs[0]].shape
+    axes = n.attr("axes")
+    kshape = reduced_shape(xs, axes, True)
+    peak, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, xs)
+    ax = _axes(n)
+    result = st.out if n.attr("keepdims") else f"{st.out}.reshape({st.dims(kshape)})"
+    st.line(st.module.reduce("maximum", x, ax, True, peak))
+    _rows(st, "subtract", x, peak, full)
+    st.line(f"{st.xp}.exp({full}, out={full})")
+    st.line(st.module.reduce("add", full, ax, True, result))
+    st.line(f"{st.xp}.log({result}, out={result})")
+    st.line(f"{st.xp}.add({result}, {peak}, out={result})")
+
+
+@LOWERINGS.register("softmax")
+def _softmax(st):
+    _softmax_common(st, False)
+
+
+@LOWERINGS.register("log_softmax")
+def _log_softmax(st):
+    _softmax_common(st, True)
+
+
+def _softmax_common(st, log: bool):
+    n, x = st.node, st.args[0]
+    axis = n.attr("axis")
+    kshape = reduced_shape(n.shape, (axis,), True)
+    peak = st.scratch(n.dtype, kshape)
+    st.line(st.module.reduce("maximum", x, axis, True, peak))
+    _rows(st, "subtract", x, peak, st.out)
+    full = st.scratch(n.dtype)
+    if log:
+        st.line(f"{st.xp}.exp({st.out}, out={full})")
+        st.line(st.module.reduce("add", full, axis, True, peak))
+        st.line(f"{st.xp}.log({peak}, out={peak})")
+    else:
+        st.line(f"{st.xp}.exp({st.out}, out={st.out})")
+        st.line(st.module.reduce("add", st.out, axis, True, peak))
+    st.line(f"{st.xp}.copyto({full}, {peak})")
+    st.line(f"{st.xp}.{'subtract' if log else 'divide'}({st.out}, {full}, out={st.out})")
+
+
+def _label_index(st, z_shape, labels: str) -> str:
+    """Flat indices ``row·k + label`` into the logits, in an int64 scratch (no per-call allocation)."""
+    rows = st.fn.rows(z_shape[0])
+    idx = st.scratch("int64", z_shape[:-1])
+    st.line(f"{st.xp}.multiply({rows}, {st.value(z_shape[-1])}, out={idx})")
+    st.line(f"{st.xp}.add({idx}, {labels}, out={idx})")
+    return idx
+
+
+@LOWERINGS.register("softmax_cross_entropy")
+def _softmax_cross_entropy(st):
+    n = st.node
+    z, t = st.args
+    zs = st.fn.graph.nodes[n.inputs[0]].shape
+    axis = n.attr("axis")
+    labels_int = st.fn.graph.nodes[n.inputs[1]].dtype == "int64"
+    kshape = reduced_shape(zs, (axis,), True)
+    peak, lse, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, kshape), st.scratch(n.dtype, zs)
+    st.line(st.module.reduce("maximum", z, axis, True, peak))
+    _rows(st, "subtract", z, peak, full, zs)
+    if labels_int and axis == len(zs) - 1 and len(zs) == 2:
+        st.line(f"{st.xp}.exp({full}, out={full})")
+        st.line(st.module.reduce("add", full, axis, True, lse))
+        st.line(f"{st.xp}.log({lse}, out={lse})")
+        st.line(f"{st.xp}.add({lse}, {peak}, out={lse})  # log-sum-exp of each row")
+        idx = _label_index(st, zs, t)
+        st.line(st.module.take(f"{z}.reshape(-1)", idx, st.out) + "  # the true class's logit")
+        st.line(f"{st.xp}.subtract({lse}.reshape({st.dims(n.shape)}), {st.out}, out={st.out})")
+        return
+    # general labels: -Σ t·log_softmax(z)
+    st.line(f"{st.xp}.exp({full}, out={full})")
+    st.line(st.module.reduce("add", full, axis, True, lse))
+    st.line(f"{st.xp}.log({lse}, out={lse})")
+    st.line(f"{st.xp}.add({lse}, {peak}, out={lse})")
+    _rows(st, "subtract", z, lse, full, zs)  # log_softmax
+    if labels_int:
+        mask = st.scratch("bool", zs)
+        classes = st.dims(tuple(d if i == axis else 1 for i, d in enumerate(zs)))
+        labels = f"{st.xp}.expand_dims({t}, {axis})"
+        st.line(f"{st.xp}.equal({labels}, {st.fn.arange(zs[axis])}.reshape({classes}), out={mask})")
+        st.line(f"{st.xp}.copyto({full}, 0, where=~{mask})")
+    else:
+        st.line(f"{st.xp}.multiply({full}, {t}, out={full})")
+    st.line(st.module.reduce("add", full, axis, None, st.out))
+    st.line(f"{st.xp}.negative({st.out}, out={st.out})")
+
+
+@LOWERINGS.register("softmax_xent_grad")
+def _softmax_xent_grad(st):
+    """(softmax(z) − onehot(t))·c without a one-hot array: scale folded into the (m, 1) row sums."""
+    n = st.node
+    z, t, *rest = st.args
+    zs = n.shape
+    c = n.attr("scale")
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(rest)}
+    names.update(st.fn.dim_names)
+    scale = NumPyScalarPrinter(names, st.xp).doprint(c)
+    kshape = reduced_shape(zs, (len(zs) - 1,), True)
+    peak = st.scratch(n.dtype, kshape)
+    st.line(st.module.reduce("maximum", z, -1, True, peak))
+    _rows(st, "subtract", z, peak, st.out)
+    st.line(f"{st.xp}.exp({st.out}, out={st.out})")
+    st.line(st.module.reduce("add", st.out, -1, True, peak))
+    st.line(f"{st.xp}.divide({scale}, {peak}, out={peak})  # the scale rides on the row sums")
+    _rows(st, "multiply", st.out, peak, st.out)  # softmax(z)·scale
+    idx = _label_index(st, zs, t)
+    picked = st.scratch(n.dtype, zs[:-1])
+    flat = f"{st.out}.reshape(-1)"
+    st.line(st.module.take(flat, idx, picked))
+    row_scale = scale if not rest else f"{st.xp}.reshape({scale}, {picked}.shape)"
+    st.line(f"{st.xp}.subtract({picked}, {row_scale}, out={picked})")
+    st.line(st.module.put(flat, idx, picked) + "  # − scale at the true class")
+
+
+@LOWERINGS.register("one_hot")
+def _one_hot(st):
+    n = st.node
+    k = st.fn.arange(n.attr("k"))
+    st.line(f"{st.xp}.equal({st.xp}.expand_dims({st.args[0]}, -1), {k}, out={st.out})")
+
+
+@LOWERINGS.register("matmul")
+def _matmul(st):
+    st.line(f"{st.xp}.matmul({st.args[0]}, {st.args[1]}, out={st.out})")
+
+
+@LOWERINGS.register("fill")
+def _fill(st):
+    st.line(f"{st.out}.fill({st.value(st.node.attr('value'))})")
+
+
+@LOWERINGS.register("random_normal")
+def _random_normal(st):
+    rng = st.fn.module.generator(st.node)
+    st.line(f"{rng}.standard_normal(dtype={st.xp}.{st.node.dtype}, out={st.out})")
+
+
+@LOWERINGS.register("concat")
+def _concat(st):
+    st.line(f"{st.xp}.concatenate([{', '.join(st.args)}], axis={st.node.attr('axis')}, out={st.out})")
+
+
+def _index_text(st, index):
+    return ", ".join(f"{st.value(a)}:{st.value(b)}" + (f":{c}" if c != 1 else "") for a, b, c in index)
+
+
+@LOWERINGS.register("unslice")
+def _unslice(st):
+    st.line(f"{st.out}.fill(0)")
+    st.line(f"{st.out}[{_index_text(st, st.node.attr('index'))}] = {st.args[0]}")
+
+
+# views: the expression of the view, bound to a new name (no statement, no buffer)
+@LOWERINGS.register("reshape")
+def _reshape(st):
+    return f"{st.args[0]}.reshape({st.dims(st.node.shape)})"
+
+
+@LOWERINGS.register("transpose")
+def _transpose(st):
+    return f"{st.args[0]}.transpose({st.node.attr('perm')!r})"
+
+
+@LOWERINGS.register("broadcast_to")
+def _broadcast_to(st):
+    return f"{st.xp}.broadcast_to({st.args[0]}, {st.dims(st.node.shape)})"
+
+
+@LOWERINGS.register("slice")
+def _slice(st):
+    return f"{st.args[0]}[{_index_text(st, st.node.attr('index'))}]"
+
+

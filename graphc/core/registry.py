@@ -1,0 +1,81 @@
+"""The op registry: one ``Op`` record per op, holding its rules and traits side by side.
+
+Rules (functions):
+``infer(nodes, attrs) -> (shape, dtype)`` raises GraphError naming the op and its operands;
+``impl(node, env, *arrays) -> array`` is the reference NumPy semantics used by ``Graph.evaluate``;
+``vjp(out, g, *inputs, **attrs) -> grads`` builds backward nodes from ordinary ops (Tensors in, Tensors out);
+``batch_axis(node, inputs, axes) -> axis`` says where the examples of a batch sit in the output, given where they
+sit in each input (None: shared by all examples), raising GraphError where the op mixes examples, and
+``batch_copies(node, inputs, batch) -> axis | None`` where an op of shared inputs makes one copy per example;
+``shared_grad(out, P, inputs, batch, **attrs)`` carries per-example gradients ``P`` (batch axis first) back
+through a node computed from shared tensors only; ``example_grad(slot, g, *inputs, axes)`` gives the
+per-example gradient of a shared operand where the generic rule (the VJP summed over all but the batch axis)
+does not do, e.g. ``x @ W`` as outer products; ``class_ids(node, inputs) -> [(slot, classes)]`` names the
+integer inputs that are class ids and how many classes they index, so feeds out of range are caught;
+``describe(node, names) -> str`` is what a node computes in words (``names`` maps ids to names).
+
+Traits (data): ``source`` (made from nothing: "input", "param", "const" (an array baked in), "fill" (one value
+everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
+input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (the stem of its
+variable's name in generated code).
+
+Backends keep their lowerings in tables of their own, keyed by op name (``graphc.backends``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from graphc.core import shapes
+from graphc.core.errors import GraphError
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    infer: Callable
+    impl: Callable
+    vjp: Callable | None = None  # None: not differentiable (labels, masks, sources)
+    source: str | None = None
+    view: bool = False
+    linear: bool = False
+    var: str | None = None
+    describe: Callable | None = None
+    batch_axis: Callable | None = None
+    batch_copies: Callable | None = None
+    shared_grad: Callable | None = None
+    example_grad: Callable | None = None
+    class_ids: Callable | None = None
+
+    @property
+    def fed(self) -> bool:
+        """Its value is given by the caller (inputs and params)."""
+        return self.source in ("input", "param")
+
+
+OPS: dict[str, Op] = {}
+
+
+def defop(name: str, *, infer, impl, vjp=None, **traits) -> Op:
+    if name in OPS:
+        raise RuntimeError(f"op {name!r} defined twice")
+    OPS[name] = op = Op(name, infer, impl, vjp, **traits)
+    return op
+
+
+def fail(op: str, message: str, *nodes) -> GraphError:
+    operands = ", ".join(n.label for n in nodes)  # 'x' (m, 784) or matmul#7 (m, 128)
+    return GraphError(f"{op}: {message}" + (f" [operands: {operands}]" if operands else ""))
+
+
+def reduced_shape(dims, axes, keepdims: bool):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(dims))
+    return tuple(d for i, d in enumerate(dims) if i not in axes)
+
+
+def check_axes(op: str, axis, node):
+    axes = shapes.normalize_axes(axis, len(node.shape))
+    if axes is None:
+        raise fail(op, f"axis {axis!r} is out of range for a {len(node.shape)}-d tensor", node)
+    return axes
