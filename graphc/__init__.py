@@ -10,32 +10,11 @@ from graphc.core.registry import OPS
 from graphc.core.shapes import dim
 from graphc.dsl import Tensor, const, init_params, input, param
 from graphc.ops import OPS as _REGISTERED  # noqa: F401 - importing the ops registers them
+from graphc.ops import functions
 from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
 from graphc.ops.elementwise import equal, greater, greater_equal, less, less_equal
+from graphc.ops.functions import *  # noqa: F403 - the elementwise functions, as listed in their module
 from graphc.ops.functions import abs_ as abs
-from graphc.ops.functions import (
-    binary_cross_entropy_with_logits,
-    cos,
-    erf,
-    exp,
-    gelu,
-    leaky_relu,
-    log,
-    log1p,
-    maximum,
-    minimum,
-    neg,
-    relu,
-    rsqrt,
-    sigmoid,
-    silu,
-    sin,
-    softplus,
-    sqrt,
-    square,
-    tanh,
-    where,
-)
 from graphc.ops.linalg import matmul
 from graphc.ops.nn import log_softmax, softmax, softmax_cross_entropy
 from graphc.ops.reduce import logsumexp, mean
@@ -51,11 +30,10 @@ from graphc.viz import render
 __version__ = "0.1.0"
 
 __all__ = [
-    "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile",
-    "abs", "avg_pool2d", "binary_cross_entropy_with_logits", "broadcast_to", "concat", "const", "conv2d", "cos",
-    "dim", "equal", "erf", "exp", "flatten", "gelu", "grad", "greater", "greater_equal", "init_params", "input",
-    "leaky_relu", "less", "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "max_pool2d",
-    "maximum", "mean", "minimum", "neg", "one_hot", "param", "relu", "render", "reshape", "rsqrt", "sigmoid", "silu",
-    "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
-    "clipped_mean_grads", "per_example_grads", "per_example_norms", "load_module",
+    "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile", "dim", "input", "param", "const",
+    "init_params", "grad", "load_module", "render",
+    "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
+    "sum", "mean", "max", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape", "transpose",
+    "softmax", "log_softmax", "softmax_cross_entropy", "conv2d", "max_pool2d", "avg_pool2d", "flatten",
+    "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]

@@ -4,8 +4,8 @@ import pytest
 
 import graphc as gc
 from graphc.core.shapes import as_shape
-from graphc.transforms.gradcheck import fd_grads, rel_error
 from graphc.passes import optimize
+from graphc.transforms.gradcheck import fd_grads, rel_error
 
 from helpers import M, assert_grads_match_fd, concrete, m, op_graph, random_feeds
 

@@ -1,10 +1,12 @@
 """Every op of the registry: its VJP against central finite differences in float64 (≤ 1e-6 relative)."""
 import numpy as np
 import pytest
+import sympy
 
 import graphc as gc
 from graphc.ops import OPS
 from graphc.ops import conv as cv
+from graphc.ops.elementwise import FUNCTIONS
 
 from helpers import assert_grads_match_fd, m, op_graph, random_feeds
 
@@ -37,6 +39,13 @@ CASES = {
         (lambda a, b: gc.where(gc.less(a, b), gc.exp(a), b), [(m, 4), (m, 4)], {}),
         (lambda a, b: a ** b, [(m, 4), (4,)], {"low": 0.5, "high": 2.0}),
         (gc.binary_cross_entropy_with_logits, [(m, 4), (m, 4)], {"low": 0.0, "high": 1.0}),
+        (gc.erf, [(m, 4)], {}),
+        (gc.gelu, [(m, 4)], {"low": -4.0, "high": 4.0}),
+        (lambda a: gc.gelu(a, approximate="tanh"), [(m, 4)], {"low": -4.0, "high": 4.0}),
+        (gc.silu, [(m, 4)], {}),
+        (lambda a, b: gc.sin(a) * gc.cos(b), [(m, 4), (4,)], {}),
+        (gc.rsqrt, [(m, 4)], {"low": 0.5, "high": 3.0}),
+        (lambda a: gc.exp(a) * 0 + gc.log1p(gc.abs(a)) * gc.tanh(a), [(m, 3)], {"avoid_zero": True}),
     ],
     "sum": [
         (lambda a: gc.sum(a), [(m, 4)], {}),
@@ -139,6 +148,17 @@ CASES = {
 def test_every_differentiable_op_has_cases():
     differentiable = {name for name, op in OPS.items() if op.vjp is not None}
     assert differentiable <= set(CASES), f"ops without gradient cases: {differentiable - set(CASES)}"
+
+
+def test_every_elementwise_function_has_a_case():
+    """Each function record (exp, sigmoid, gelu, …) is differentiated and FD-checked by some ``ew`` case."""
+    called = set()
+    for fn, shapes, _ in CASES["ew"]:
+        for node in op_graph(fn, *shapes).nodes.values():
+            if node.op == "ew":
+                called |= {type(f) for f in node.attr("expr").atoms(sympy.Function)}
+    missing = {f.name for sym, f in FUNCTIONS.items() if sym not in called}
+    assert not missing, f"elementwise functions without a gradient case: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("op,index", [(op, i) for op, cases in CASES.items() for i in range(len(cases))])

@@ -5,9 +5,9 @@ import sympy
 
 import graphc as gc
 from graphc.cli.explain import measure, random_feeds
-from graphc.transforms.gradcheck import rel_error
-from graphc.passes import PASS_NAMES, optimize
 from graphc.optim import training_graph
+from graphc.passes import PASS_NAMES, optimize
+from graphc.transforms.gradcheck import rel_error
 
 from models import MODELS, feeds_with_params
 

@@ -6,9 +6,9 @@ import pytest
 
 import graphc as gc
 from graphc.dsl import fill
-from graphc.transforms.gradcheck import rel_error
 from graphc.ops.shape import random_normal
 from graphc.passes import optimize
+from graphc.transforms.gradcheck import rel_error
 
 from helpers import cupy_or_skip
 

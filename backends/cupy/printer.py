@@ -27,7 +27,12 @@ class CudaPrinter(C99CodePrinter):
     def _print_Symbol(self, expr):
         return self.names.get(expr, expr.name)
 
+    def _print_NumberSymbol(self, expr):  # pi, E: a literal, as kernels need no math-constant macros
+        return repr(float(expr))
+
     def _print_Pow(self, expr):
+        if expr.is_number:  # sqrt(2/pi): folded here, not computed per element
+            return repr(float(expr))
         base, power = expr.args
         b = self.parenthesize(base, 100)
         if power == -1:

@@ -270,7 +270,7 @@ def interpret(expr, values: dict):
         return values[expr]
     if expr.is_Integer:
         return int(expr)
-    if expr.is_Number:
+    if expr.is_number:  # 0.5, pi, sqrt(2/pi)
         return float(expr)
     if expr is sympy.true or expr is sympy.false:
         return bool(expr)

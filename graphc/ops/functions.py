@@ -184,7 +184,11 @@ name_function(Positive, "step")
 name_function(GeluTanh, "gelu_tanh")
 
 
-# -- the functions users call -----------------------------------------------------------------------------
+# -- the functions users call (re-exported by ``graphc``) -------------------------------------------------
+__all__ = ["binary_cross_entropy_with_logits", "cos", "erf", "exp", "gelu", "leaky_relu", "log", "log1p", "maximum",
+           "minimum", "neg", "relu", "rsqrt", "sigmoid", "silu", "sin", "softplus", "sqrt", "square", "tanh", "where"]
+
+
 def _unary(op: str, fn, doc: str):
     def apply_fn(x):
         return elementwise(op, fn, x)
