@@ -108,18 +108,21 @@ class FunctionEmitter:
 
     def __init__(self, graph, module, fname: str):
         self.graph, self.module, self.fname = graph, module, fname
-        self.dim_names = {d: d.name for d in module.dims}
+        self.dim_names = dict(module.dim_vars)
         self.printer = module.printer(self.dim_names)
         self.var: dict[int, str] = {}
         self.helpers: dict[str, tuple] = {}
+        self.checked: set = set()  # (labels, classes) already checked in this function
         needed = graph.needed(graph.roots())
         updates = {nid: name for name, nid in graph.updates.items()}
         late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
+        if module.check_numerics:  # every value is checked before any param is written
+            late = set(updates)
         self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
         self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
+        names = Names(module.dim_vars.values())
         for name, nid in {**graph.inputs, **graph.params}.items():
-            self.var[nid] = name
-        names = Names(self.var.values())
+            self.var[nid] = names.fresh(name)  # the user's name, unless the module needs it (np, B, lr, a keyword)
         for nid in sorted(needed):
             if nid not in self.var:
                 wanted = f"new_{self.deferred[nid]}" if nid in self.deferred else self._wanted(graph.nodes[nid])
@@ -168,18 +171,26 @@ class FunctionEmitter:
         items = [self.printer.doprint(sympy.sympify(d)) for d in shape]
         return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
 
-    def rows(self, n) -> str:
-        """A cached ``arange(n)`` of row numbers (int64), allocated with the buffers."""
-        return self._helper("rows", n)
+    def rows(self, shape) -> str:
+        """Row numbers ``0 … numel(shape) − 1`` laid out in ``shape`` (int64), allocated with the buffers."""
+        return self._helper("rows", tuple(shape))
 
     def arange(self, n) -> str:
-        return self._helper("arange", n)
+        return self._helper("arange", (n,))
 
-    def _helper(self, kind, n) -> str:
-        key = f"{kind}:{n}"
+    def _helper(self, kind, shape) -> str:
+        key = f"{kind}:{shape}"
         if key not in self.helpers:
-            self.helpers[key] = (f"_{kind}{len(self.helpers)}", n)
+            self.helpers[key] = (f"_{kind}{len(self.helpers)}", shape)
         return f"B[{self.helpers[key][0]!r}]"
+
+    def helper_allocation(self) -> str:
+        """The named helper arrays, by key: ``{'_rows0': np.arange(m, dtype=np.int64), …}``."""
+        xp, items = self.module.XP, []
+        for name, shape in self.helpers.values():
+            text = f"{xp}.arange({self.printer.doprint(shapes.numel(shape))}, dtype={xp}.int64)"
+            items.append(f"{name!r}: {text}" + (f".reshape({self.shape_text(shape)})" if len(shape) != 1 else ""))
+        return "{" + ", ".join(items) + "}"
 
     def body(self, w: CodeWriter) -> None:
         p = self.plan
@@ -192,6 +203,7 @@ class FunctionEmitter:
             if node.op == "const":
                 w.line(f"{name} = {self.module.constant(node)}  {comment}")
                 continue
+            self._check_classes(w, node)
             st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
             if OPS[node.op].view:
                 w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
@@ -216,6 +228,15 @@ class FunctionEmitter:
             w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
                    "above read it")
 
+    def _check_classes(self, w: CodeWriter, node) -> None:
+        """Before the first op reading integer class ids, a check that they index existing classes."""
+        rule = OPS[node.op].class_ids
+        for slot, classes in rule(node, [self.graph.nodes[i] for i in node.inputs]) if rule else ():
+            labels, count = self.var[node.inputs[slot]], self.printer.doprint(sympy.sympify(classes))
+            if (labels, count) not in self.checked:
+                self.checked.add((labels, count))
+                w.line(f"_check_classes({labels}, {count}, {labels!r}, {node.op!r})")
+
     def describe(self, node) -> str:
         """The comment of a node's statement: what it computes, in terms of the function's variables."""
         return readable(describe(node, self.var))
@@ -223,8 +244,7 @@ class FunctionEmitter:
     def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
         """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
         if self.module.check_numerics and node.dtype.startswith("float"):
-            who = node.name or self.graph.display_name(node.id)
-            w.line(f"_check_finite({who!r}, {node.op!r}, {value})")
+            w.line(f"_check_finite({value!r}, {describe(node, self.var)!r}, {value})")
 
     def allocation(self) -> list[str]:
         lines = []
@@ -245,12 +265,15 @@ class ModuleEmitter:
     IMPORTS: tuple = ()
     ARRAY = ""  # what the checks accept as an array
     LOWERINGS: Lowerings = Lowerings()
-    RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers)  # helpers every module carries
+    RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers,  # helpers every module carries
+                      runtime._buffers, runtime._check_classes)
     NUMERICS: tuple = ()  # helpers of check_numerics
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.dims = graph.dims()
+        names = Names()
+        self.dim_vars = {d: names.fresh(d.name) for d in self.dims}  # a dim's variable in the module's functions
         self.constants: dict = {}
         self.check_numerics = check_numerics
         self.helper_functions: list = []  # functions the statements call (e.g. erf): copied into the module
@@ -311,7 +334,9 @@ class ModuleEmitter:
         w.line("")
         w.line(f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs"
                + (", train_step(params, batch) for one SGD step." if self.train_graph is not None else "."))
-        w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+        if self.train_graph is not None:
+            w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+        w.line("Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.")
         w.line("")
         for title, table in (("Inputs", g.inputs), ("Params", g.params), ("Outputs", g.outputs)):
             w.line(f"{title}:")
@@ -320,6 +345,8 @@ class ModuleEmitter:
                 extra = f", init {node.attr('init')[0]}" if node.op == "param" else ""
                 w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}{extra}")
         w.line('"""')
+        w.line("import threading")
+        w.line("")
         for text in self.IMPORTS:
             w.line(text)
         w.line("")
@@ -344,7 +371,8 @@ class ModuleEmitter:
         self._checks(w)
         for fname, fe in fns:
             self._buffers(w, fname, fe)
-            args = ", ".join(["B", *(d.name for d in self.dims), *fe.graph.inputs, *fe.graph.params, *fe.graph.hypers])
+            fed = [fe.var[i] for i in (*fe.graph.inputs.values(), *fe.graph.params.values())]
+            args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers])
             w.line("")
             with w.block(f"def {fname}({args}):"):
                 w.lines.extend(body[fname].lines)
@@ -367,9 +395,13 @@ class ModuleEmitter:
                 with w.block("if name not in feeds:"):
                     w.line("_explain(feeds, names)")
             with w.block("if dims is None:"):
-                for d in self.dims:
-                    w.line(f"{d.name} = {self._binding(d)}")
-                w.line(f"dims = ({''.join(d.name + ', ' for d in self.dims)})")
+                for d, var in self.dim_vars.items():
+                    w.line(f"{var} = {self._binding(d)}")
+                w.line(f"dims = ({''.join(var + ', ' for var in self.dim_vars.values())})")
+                if self.dims:
+                    with w.block("if 0 in dims:"):
+                        w.line('raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at '
+                               'least 1")')
             with w.block("for name in names:"):
                 w.line("value = feeds[name]")
                 w.line("shape, dtype = _SPEC[name]")
@@ -385,8 +417,8 @@ class ModuleEmitter:
         spec = {**g.inputs, **g.params}
         w.line("_SPEC = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
                                        for n, i in spec.items()) + "}")
-        dims = ", ".join(d.name for d in self.dims)
-        printer = self.printer({})
+        dims = ", ".join(self.dim_vars.values())
+        printer = self.printer(self.dim_vars)
         w.line("_SHAPES = {")
         for n, i in spec.items():
             dims_text = ", ".join(printer.doprint(d) for d in g.nodes[i].shape)
@@ -411,7 +443,7 @@ class ModuleEmitter:
         raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}")
 
     def _buffers(self, w: CodeWriter, fname: str, fe: FunctionEmitter) -> None:
-        dims = ", ".join(d.name for d in self.dims)
+        dims = ", ".join(self.dim_vars.values())
         w.line("")
         with w.block(f"def {fname}_allocate({dims}):"):
             w.line('"""The buffers of one call, planned from liveness and reused across nodes."""')
@@ -419,11 +451,9 @@ class ModuleEmitter:
             for text in fe.allocation():
                 w.line("    " + text)
             w.line("]")
-            w.line("return _Buffers(B, {" + ", ".join(
-                f"{hname!r}: {self.XP}.arange({fe.printer.doprint(sympy.sympify(n))}, dtype={self.XP}.int64)"
-                for hname, n in fe.helpers.values()) + "})")
+            w.line(f"return _Buffers(B, {fe.helper_allocation()})")
         w.line("")
-        w.line(f"{fname}_cache = {{}}")
+        w.line(f"{fname}_cache = threading.local()")
 
     def _api(self, w: CodeWriter, fns) -> None:
         g = self.graph
@@ -434,9 +464,7 @@ class ModuleEmitter:
             w.line('copy=False the module\'s reused buffers themselves, valid until the next call."""')
             w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
             self._to_device(w, "feeds")
-            w.line("B = _compute_cache.get(dims)")
-            with w.block("if B is None:"):
-                w.line("B = _compute_cache[dims] = _compute_allocate(*dims)")
+            w.line("B = _buffers(_compute_cache, dims, _compute_allocate)")
             args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
             w.line(f"out = _compute(B, *dims, {args})")
             fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
@@ -458,8 +486,6 @@ class ModuleEmitter:
                 w.line(f"dims = _check(batch, {tuple(inputs)!r})")
                 w.line(f"_check(params, {tuple(params)!r}, dims)")
                 self._to_device(w, "batch", "params")
-                w.line("B = _train_cache.get(dims)")
-                with w.block("if B is None:"):
-                    w.line("B = _train_cache[dims] = _train_allocate(*dims)")
+                w.line("B = _buffers(_train_cache, dims, _train_allocate)")
                 args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), *hypers])
                 self._train_return(w, f"_train(B, *dims, {args})")

@@ -30,3 +30,24 @@ class _Buffers(list):
 
     def __getitem__(self, key):
         return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
+
+
+def _check_classes(labels, classes, name, op):
+    """Raise ValueError where integer class ids fall outside 0 … classes − 1 (they would index another row)."""
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{op}: {name} holds the class id {low if low < 0 else high}, outside 0..{classes - 1}")
+
+
+def _buffers(cache, dims, allocate, keep=4):
+    """This thread's buffers for a call at ``dims``: allocated on first use and kept for the last ``keep`` sizes
+    the thread used (each thread has its own, so threads never share a buffer)."""
+    sizes = cache.__dict__.setdefault("sizes", {})
+    B = sizes.pop(dims, None)
+    if B is None:
+        B = allocate(*dims)
+        while len(sizes) >= keep:
+            sizes.pop(next(iter(sizes)))  # the least recently used size
+    sizes[dims] = B
+    return B

@@ -50,8 +50,8 @@ class Tensor:
 
     def named(self, name: str) -> Tensor:
         """Give this tensor a readable name (used in generated code and diagrams)."""
-        if not name.isidentifier():
-            raise GraphError(f"tensor name {name!r} must be a Python identifier")
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise GraphError(f"tensor name {name!r} must be a Python identifier not starting with '_'")
         self.graph.rename(self.id, name)
         return self
 

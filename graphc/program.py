@@ -74,6 +74,7 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
         raise GraphError(f"unknown backend {backend!r}; choose one of {tuple(BACKENDS)}")
     if not graph.outputs:
         raise GraphError(f"graph {graph.name!r} has no outputs: declare them with g.output(name=tensor)")
+    graph.check_dims()
     if optimizer is not None and loss is None:
         loss = "loss"
     optimized, records = optimize(graph, opt_level, disable)

@@ -2,11 +2,11 @@
 this package imports no CuPy."""
 
 
-def _check_finite(name, op, value):
-    """Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""
+def _check_finite(name, what, value):
+    """Raise FloatingPointError naming the value that is not finite and what computed it (check_numerics)."""
     if not bool(cp.all(cp.isfinite(value))):
         bad = "NaN" if bool(cp.any(cp.isnan(value))) else "Inf"
-        raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
+        raise FloatingPointError(f"{name} = {what} produced {bad}")
 
 
 def _device(arrays):

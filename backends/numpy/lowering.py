@@ -8,13 +8,28 @@ should allocate nothing.
 from __future__ import annotations
 
 import sympy
+from sympy.core.relational import Relational
 
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.backends.numpy.ufuncs import UfuncChain
+from graphc.core.dtypes import DTYPES
 from graphc.core.registry import reduced_shape
+from graphc.ops.elementwise import result_dtype
 
 LOWERINGS = Lowerings()
+
+
+def _work_dtype(expr, ins) -> str:
+    """The dtype of the numeric intermediates of an expression: its own, or where it is a comparison (bool),
+    the widest of what is compared (``a*2`` in ``a*2 < b``)."""
+    dtypes = [n.dtype for n in ins]
+    if result_dtype(expr, dtypes) != "bool":
+        return result_dtype(expr, dtypes)
+    compared = [result_dtype(a, dtypes) for rel in expr.atoms(Relational) for a in rel.args if not a.is_number]
+    return max(compared, key=DTYPES.index, default="float32")
+
+
 def _chain(st, expr, out: str, full_shape) -> None:
     """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``)."""
     names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
@@ -22,7 +37,7 @@ def _chain(st, expr, out: str, full_shape) -> None:
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
     small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
     chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
-                       f"node {st.node.label}", small, full_shape, use=st.module.use)
+                       f"node {st.node.label}", small, full_shape, use=st.module.use, work=_work_dtype(expr, ins))
     for text in chain.run(expr, out):
         st.line(text)
 
@@ -121,8 +136,9 @@ def _softmax_common(st, log: bool):
 
 
 def _label_index(st, z_shape, labels: str) -> str:
-    """Flat indices ``row·k + label`` into the logits, in an int64 scratch (no per-call allocation)."""
-    rows = st.fn.rows(z_shape[0])
+    """Flat indices ``row·k + label`` into the logits (classes on the last axis, any leading axes), in an int64
+    scratch (no per-call allocation). The labels were checked to lie in 0 … k − 1."""
+    rows = st.fn.rows(z_shape[:-1])
     idx = st.scratch("int64", z_shape[:-1])
     st.line(f"{st.xp}.multiply({rows}, {st.value(z_shape[-1])}, out={idx})")
     st.line(f"{st.xp}.add({idx}, {labels}, out={idx})")
@@ -140,7 +156,7 @@ def _softmax_cross_entropy(st):
     peak, lse, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, kshape), st.scratch(n.dtype, zs)
     st.line(st.module.reduce("maximum", z, axis, True, peak))
     _rows(st, "subtract", z, peak, full, zs)
-    if labels_int and axis == len(zs) - 1 and len(zs) == 2:
+    if labels_int and axis == len(zs) - 1:
         st.line(f"{st.xp}.exp({full}, out={full})")
         st.line(st.module.reduce("add", full, axis, True, lse))
         st.line(f"{st.xp}.log({lse}, out={lse})")

@@ -39,6 +39,10 @@ class NumPyScalarPrinter(NumPyPrinter):
             return f"1/{self.parenthesize(expr.base, 100)}"
         return super()._print_Pow(expr, rational)
 
+    def _print_floor(self, expr):  # sizes of strided slices: integer division, not np.floor's float
+        numerator, denominator = expr.args[0].as_numer_denom()
+        return f"(({self._print(numerator)})//{self.parenthesize(denominator, 100)})"
+
     def _print_Function(self, expr):
         fn = record(expr)
         if fn is None:

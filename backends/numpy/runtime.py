@@ -2,8 +2,8 @@
 import numpy as np
 
 
-def _check_finite(name, op, value):
-    """Raise FloatingPointError naming the node whose value is not finite (check_numerics)."""
+def _check_finite(name, what, value):
+    """Raise FloatingPointError naming the value that is not finite and what computed it (check_numerics)."""
     if not np.all(np.isfinite(value)):
         bad = "NaN" if np.any(np.isnan(value)) else "Inf"
-        raise FloatingPointError(f"node {name!r} (op {op}) produced {bad}")
+        raise FloatingPointError(f"{name} = {what} produced {bad}")

@@ -35,8 +35,9 @@ class UfuncChain:
     """
 
     def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str,
-                 small: dict | None = None, full_shape: tuple = (), use=None):
+                 small: dict | None = None, full_shape: tuple = (), use=None, work: str | None = None):
         self.names, self.scratch, self.dtype, self.printer = names, scratch, dtype, printer
+        self.work = work or dtype  # the dtype of numeric intermediates (not the result's when that is bool)
         self.use = use  # use(function) -> its name: a helper the module then carries
         self.lines: list[str] = []
         self.op_label = op_label
@@ -75,13 +76,13 @@ class UfuncChain:
         return self._materialize(expr, bool_result(expr))
 
     def _materialize(self, expr, boolean: bool) -> str:
-        tmp = self.temp("bool" if boolean else self.dtype)
+        tmp = self.temp("bool" if boolean else self.work)
         self.into(expr, tmp)
         return tmp
 
     def emit(self, ufunc: str, *args: str, out: str) -> None:
         args = list(args)
-        if ufunc == "multiply" and len(args) == 2 and all(a in self.small for a in args):
+        if ufunc == "multiply" and len(args) == 2 and all(a in self.small for a in args) and self._covers(args):
             return self._outer(args, out)
         if any(a in self.small for a in args):
             self._stage(args, out)
@@ -99,6 +100,12 @@ class UfuncChain:
             self.lines.append(f"np.copyto({target}, {a})")
             args[i] = target
             out_free = out_free and target != out
+
+    def _covers(self, args: list) -> bool:
+        """Whether the broadcast operands span every axis of the result (else one axis comes from nowhere)."""
+        ndim = len(self.full_shape)
+        spanned = {ndim - len(self.small[a][1]) + i for a in args for i, d in enumerate(self.small[a][1]) if d != 1}
+        return spanned == {i for i, d in enumerate(self.full_shape) if d != 1}
 
     def _outer(self, args: list, out: str) -> None:
         """A product of two broadcast operands (an outer product, e.g. per-example x·dz) as one einsum pass:

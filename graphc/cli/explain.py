@@ -60,7 +60,7 @@ def measure(prog, feeds: dict) -> dict:
     step()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    cache = getattr(module, f"{function}_cache")
+    cache = getattr(module, f"{function}_cache").sizes  # this thread's buffers, by batch size
     buffer_bytes = sum(b.nbytes for bufs in cache.values() for b in bufs if hasattr(b, "nbytes"))
     return {"function": function, "statements": len(statements), "buffers": len(planned),
             "buffer_bytes": buffer_bytes, "step_bytes": peak}

@@ -37,6 +37,10 @@ def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
             raise GraphError(f"{node.op} {name!r} expects shape {shapes.fmt(node.shape)}, got {arr.shape}"
                              + (f" (with {bound})" if bound else ""))
         values[nid] = arr.astype(node.dtype, copy=False)
+    empty = [str(d) for d, n in env.items() if n == 0]
+    if empty:
+        raise GraphError(f"graph {graph.name!r}: empty feeds ({', '.join(empty)} = 0); each dim needs a size of at "
+                         "least 1")
     return env, values
 
 
@@ -48,6 +52,7 @@ def evaluate(graph, feeds: dict, outputs=None) -> dict:
     if unknown:
         raise GraphError(f"graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
     needed = graph.needed(graph.outputs[n] for n in names)
+    graph.check_dims()
     env, values = check_feeds(graph, feeds, needed)
     env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()})
     values = Evaluator(graph, env).run([graph.outputs[n] for n in names], values)
@@ -62,4 +67,16 @@ class Evaluator(Interpreter):
         self.env = env
 
     def value(self, node, inputs):
-        return OPS[node.op].impl(node, self.env, *inputs)
+        op = OPS[node.op]
+        ins = [self.graph.nodes[i] for i in node.inputs]
+        for slot, classes in op.class_ids(node, ins) if op.class_ids else ():
+            check_classes(node, ins[slot], inputs[slot], int(sympy.sympify(classes).subs(self.env)))
+        return op.impl(node, self.env, *inputs)
+
+
+def check_classes(node, labels_node, labels, classes: int) -> None:
+    """The evaluator's twin of the generated modules' check: class ids index existing classes."""
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        who = labels_node.name or labels_node.label
+        raise GraphError(f"{node.op}: {who} holds the class id {bad}, outside 0..{classes - 1}")

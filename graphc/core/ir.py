@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
+import sympy
 
 from graphc.core import shapes
 from graphc.core.errors import GraphError
@@ -73,6 +74,7 @@ class Graph:
         self.phase = "forward"
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
+        self._dims_checked = -1
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Graph:
@@ -179,6 +181,24 @@ class Graph:
                     if s not in seen:
                         seen.append(s)
         return seen
+
+    def check_dims(self) -> None:
+        """Every symbolic dim in a shape is bound by the inputs (the size of one of their axes), and no two
+        different dims share a name; raises GraphError naming the op and the tensor otherwise."""
+        if self._dims_checked == self._next_id:  # nothing added since the last check
+            return
+        bound = set(self.dims())
+        by_name: dict[str, object] = {}
+        for nid in self.order():
+            node = self.nodes[nid]
+            for s in sorted(set().union(*(sympy.sympify(d).free_symbols for d in node.shape)), key=str):
+                if by_name.setdefault(s.name, s) != s:
+                    raise GraphError(f"graph {self.name!r}: two different dims are named {s.name!r} "
+                                     f"({node.op} {node.label}); make each with gc.dim once and reuse it")
+                if s not in bound:
+                    raise GraphError(f"{node.op} {node.label}: dim {s} is not the size of any input's axis, so "
+                                     f"no feed can bind it; declare an input with it, e.g. gc.input(..., ({s}, …))")
+        self._dims_checked = self._next_id
 
     def validate(self) -> None:
         """Check the structural invariants; raises GraphError naming what is broken."""

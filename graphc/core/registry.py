@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sympy
+
 from graphc.core import shapes
 from graphc.core.errors import GraphError
 
@@ -70,7 +72,7 @@ def fail(op: str, message: str, *nodes) -> GraphError:
 
 def reduced_shape(dims, axes, keepdims: bool):
     if keepdims:
-        return tuple(1 if i in axes else d for i, d in enumerate(dims))
+        return tuple(sympy.Integer(1) if i in axes else d for i, d in enumerate(dims))
     return tuple(d for i, d in enumerate(dims) if i not in axes)
 
 

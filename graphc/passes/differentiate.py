@@ -41,12 +41,21 @@ def differentiate(graph, notes):
         for nid in sorted(todo):
             rb.map[nid] = rb.copy(graph.nodes[nid])
 
+    def ready(request):
+        """Whether what the gradient is built from is in the new graph (rewrites can merge one of its backward
+        nodes into an earlier forward node, which then comes before its loss)."""
+        return all(x in rb.map for x in (request.loss, *request.wrt, request.seed) if x is not None)
+
     for nid in graph.order():
         request = owner.get(nid)
-        if request is None and nid not in rb.map:
-            keep(graph.nodes[nid].inputs)
+        if request is not None and id(request) not in done and ready(request):
+            done.add(id(request))
+            derive(request)
+        elif nid not in rb.map and (request is None or id(request) not in done):
+            keep(graph.nodes[nid].inputs)  # an ordinary node, or one of a request not derived yet: as it was
             rb.map[nid] = rb.copy(graph.nodes[nid])
-        elif request is not None and id(request) not in done:
+    for request in graph.grads:
+        if id(request) not in done:
             done.add(id(request))
             derive(request)
     keep([*graph.outputs.values(), *graph.updates.values(), *(x for r in graph.grads for x in r.results)])

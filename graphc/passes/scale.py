@@ -15,9 +15,12 @@ def cost(node) -> int:
     return int(count.subs({s: TYPICAL for s in count.free_symbols}))
 
 
-def scalar_factor(node):
-    """``c`` where ``node`` is the pure scaling ``c·x`` of one input, else None."""
+def scalar_factor(graph, node):
+    """``c`` where ``node`` is the pure scaling ``c·x`` of one input of its own shape, else None (a scaling that
+    also broadcasts its input cannot be moved past an op that reads the broadcast result)."""
     if node.op != "ew" or len(node.inputs) != 1 or node.dtype == "bool":
+        return None
+    if tuple(graph.nodes[node.inputs[0]].shape) != tuple(node.shape):
         return None
     # structural, not sympy.simplify: simplify (trigsimp, factor) costs ~0.1 s a node on deep graphs
     c, rest = node.attr("expr").as_independent(arg(0), as_Add=False)
@@ -48,7 +51,7 @@ def scale(graph, notes):
         """(position, c) of an operand that is a private pure scaling c·x costing more than ``node``."""
         for k, old in enumerate(node.inputs):
             src = graph.nodes[old]
-            c = scalar_factor(src)
+            c = scalar_factor(graph, src)
             if c is not None and graph.single_use(old) and cost(src) > cost(node):
                 return k, c
         return None
@@ -69,7 +72,7 @@ def scale(graph, notes):
                 notes.note(f"matmul with constant {fill.attr('value')} -> scaled sum at {graph.display_name(node.id)}")
                 return add_ew(rb, node, fill.attr("value") * arg(0), [total])
             return None
-        c = scalar_factor(node)
+        c = scalar_factor(graph, node)
         if c is None:
             return None
         (old_src,) = node.inputs

@@ -2,6 +2,7 @@
 
 Standalone: needs only NumPy. Call run(feeds) for the outputs, train_step(params, batch) for one SGD step.
 Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.
+Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.
 
 Inputs:
     x: (m, 3) float64
@@ -14,6 +15,8 @@ Outputs:
     dW: (3, 2) float64
     dy: (m, 2) float64
 """
+import threading
+
 import numpy as np
 
 
@@ -53,6 +56,27 @@ class _Buffers(list):
         return self.named[key] if isinstance(key, str) else list.__getitem__(self, key)
 
 
+def _buffers(cache, dims, allocate, keep=4):
+    """This thread's buffers for a call at ``dims``: allocated on first use and kept for the last ``keep`` sizes
+    the thread used (each thread has its own, so threads never share a buffer)."""
+    sizes = cache.__dict__.setdefault("sizes", {})
+    B = sizes.pop(dims, None)
+    if B is None:
+        B = allocate(*dims)
+        while len(sizes) >= keep:
+            sizes.pop(next(iter(sizes)))  # the least recently used size
+    sizes[dims] = B
+    return B
+
+
+def _check_classes(labels, classes, name, op):
+    """Raise ValueError where integer class ids fall outside 0 … classes − 1 (they would index another row)."""
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{op}: {name} holds the class id {low if low < 0 else high}, outside 0..{classes - 1}")
+
+
 
 def _check(feeds, names, dims=None):
     """Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""
@@ -64,6 +88,8 @@ def _check(feeds, names, dims=None):
     if dims is None:
         m = _shape_of(feeds, 'x', 0)
         dims = (m, )
+        if 0 in dims:
+            raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at least 1")
     for name in names:
         value = feeds[name]
         shape, dtype = _SPEC[name]
@@ -93,7 +119,7 @@ def _compute_allocate(m):
     ]
     return _Buffers(B, {})
 
-_compute_cache = {}
+_compute_cache = threading.local()
 
 def _compute(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
@@ -117,7 +143,7 @@ def _train_allocate(m):
     ]
     return _Buffers(B, {})
 
-_train_cache = {}
+_train_cache = threading.local()
 
 def _train(B, m, x, t, W, lr):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
@@ -135,9 +161,7 @@ def run(feeds, copy=True):
     """The graph's outputs for feeds (every input and param by name): fresh arrays, or with
     copy=False the module's reused buffers themselves, valid until the next call."""
     dims = _check(feeds, ('x', 't', 'W'))
-    B = _compute_cache.get(dims)
-    if B is None:
-        B = _compute_cache[dims] = _compute_allocate(*dims)
+    B = _buffers(_compute_cache, dims, _compute_allocate)
     out = _compute(B, *dims, feeds['x'], feeds['t'], feeds['W'])
     return {name: np.array(value, copy=True) for name, value in out.items()} if copy else out
 
@@ -151,9 +175,7 @@ def train_step(params, batch, lr=0.1):
     """One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""
     dims = _check(batch, ('x', 't'))
     _check(params, ('W',), dims)
-    B = _train_cache.get(dims)
-    if B is None:
-        B = _train_cache[dims] = _train_allocate(*dims)
+    B = _buffers(_train_cache, dims, _train_allocate)
     return _train(B, *dims, batch['x'], batch['t'], params['W'], lr)
 
 
