@@ -223,8 +223,12 @@ def put(a, ind, v, mode="wrap"):
     if mode == "raise":  # an error flag on the device, read back
         flag = zeros((), np.bool_)
         emulation.op("kernel_launches", "put")
-        np.put(a._a, ind._a.ravel(), v._a, mode="raise")
-        bool(flag)
+        try:
+            np.put(a._a, ind._a.ravel(), v._a, mode="raise")
+        except IndexError:
+            raise IndexError("invalid entry in indices array") from None
+        finally:
+            bool(flag)
         return
     emulation.op("kernel_launches", "put")
     np.put(a._a, ind._a.ravel(), v._a, mode=mode)

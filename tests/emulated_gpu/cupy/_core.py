@@ -176,6 +176,9 @@ class ndarray:
     def __str__(self):
         return str(self.get())
 
+    def __format__(self, spec):
+        return format(self.get(), spec)
+
     def __len__(self):
         if self.ndim == 0:
             raise TypeError("len() of unsized object")
@@ -198,8 +201,10 @@ class ndarray:
 
     def __setitem__(self, key, value):
         key = _device_key(key)
-        if isinstance(value, np.ndarray) and value.ndim:
-            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        if isinstance(value, np.ndarray):  # host data only as a scalar: CuPy fills with it
+            if value.ndim:
+                raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+            value = value.item()
         if isinstance(value, ndarray) and not _advanced(key):
             target = ndarray._wrap(self._a[key if Ellipsis in key else (*key, Ellipsis)])
             if value._a.__array_interface__ == target._a.__array_interface__:
@@ -250,8 +255,9 @@ class ndarray:
     def fill(self, value):
         if isinstance(value, (np.ndarray, ndarray)):
             if value.shape != ():
-                raise ValueError(f"non-scalar {type(value).__module__.split('.')[0]}.ndarray cannot be used for fill")
-            value = operand(value)
+                kind = "numpy" if isinstance(value, np.ndarray) else "cupy"
+                raise ValueError(f"non-scalar {kind}.ndarray cannot be used for fill")
+            value = value.item() if isinstance(value, np.ndarray) else value._a
         emulation.op("fills", "fill")
         with np.errstate(all="ignore"):
             self._a.fill(value)
