@@ -1,8 +1,9 @@
 """The CuPy backend.
 
-Without a GPU: the emitted module parses, imports nothing from graphc, is the same across builds, and every
-kernel body compiles with nvcc inside a small ``__global__`` harness. With a GPU (``pytest -m gpu``): every op
-and model, at every opt level, matches the reference evaluator.
+Statically: the emitted module parses, imports nothing from graphc, is the same across builds, and every
+kernel body compiles with nvcc inside a small ``__global__`` harness. On a GPU, or on the emulated one of
+tests/emulated_gpu where there is none (the ``gpu`` tests): every op and model, at every opt level, matches
+the reference evaluator.
 """
 import ast
 import shutil
@@ -44,7 +45,7 @@ def all_graphs():
             yield f"{name}_{dtype}", MODELS[name](dtype=dtype)[0]
 
 
-# -- without a GPU ----------------------------------------------------------------------------------
+# -- the source -------------------------------------------------------------------------------------
 def kernels(source):
     """(kind, name, positional string args, preamble) of every module-level CuPy kernel in ``source``."""
     found = []
@@ -121,7 +122,7 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
 
 
-# -- with a GPU ------------------------------------------------------------------------------------
+# -- run: on a GPU or the emulated one -------------------------------------------------------------
 def assert_matches_reference(g, feeds, opt_level, dtype="float64"):
     cp = cupy_or_skip()
     expected = g.evaluate(feeds)

@@ -432,7 +432,7 @@ def test_fills_of_one_value_and_different_shapes_are_different_nodes():
         assert fill(g, 1, (), F64).id != fill(g, 1, (m,), F64).id != fill(g, 1, (m,), "float32").id
 
 
-# -- the CuPy backend: the module's source without a GPU, its numbers with one (pytest -m gpu) -----------------
+# -- the CuPy backend: the module's source, and its numbers on a GPU or the emulated one (pytest -m gpu) -------
 def test_cupy_backend_emits_per_example_grads_and_dp_sgd():
     g, _, _ = build("mlp")
     source = gc.compile(g, backend="cupy").source

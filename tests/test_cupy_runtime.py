@@ -1,0 +1,120 @@
+"""CuPy modules at run time, beyond matching the reference: what kernels take as parameters (symbolic dims, the
+learning rate) and what one training step costs on the device.
+
+All marked ``gpu``: they run on a GPU or on the emulated one (tests/emulated_gpu); the cost tests read the
+emulation's counters and skip on real CuPy, which has none.
+"""
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.gradcheck import rel_error
+from graphc.passes import optimize
+from graphc.train import training_graph
+
+from helpers import cupy_or_skip
+from models import MODELS
+
+m = gc.dim("m")
+
+
+@pytest.mark.gpu
+def test_gpu_dims_divide_as_numbers_not_as_c_integers():
+    cp = cupy_or_skip()
+    with gc.Graph("ratio") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        g.output(y=x * (1 - 1 / m))
+    feeds = {"x": np.ones((4, 3))}
+    got = gc.compile(g, backend="cupy")(feeds)["y"]
+    np.testing.assert_allclose(cp.asnumpy(got), g.evaluate(feeds)["y"])  # 0.75 everywhere
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["i", "y", "x0", "int", "exp"])
+def test_gpu_any_dim_name_can_reach_a_kernel(name):
+    cp = cupy_or_skip()
+    n = gc.dim(name)
+    with gc.Graph("named_dim") as g:
+        x = gc.input("x", (n, 3), dtype="float64")
+        g.output(out=gc.exp(x) / n)
+    feeds = {"x": np.full((4, 3), 0.5)}
+    got = gc.compile(g, backend="cupy")(feeds)["out"]
+    np.testing.assert_allclose(cp.asnumpy(got), g.evaluate(feeds)["out"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_train_step_takes_the_learning_rate_as_a_device_scalar(dtype):
+    cp = cupy_or_skip()
+    g, feeds = MODELS["mlp"](dtype="float32")
+    cpu, gpu = (gc.compile(g, backend=b, loss="loss") for b in ("numpy", "cupy"))
+    host, device = cpu.init_params(seed=1), gpu.init_params(seed=1)
+    batch = {k: v for k, v in feeds.items() if k in g.inputs}
+    cpu.train_step(host, batch, lr=0.1)
+    gpu.train_step(device, batch, lr=cp.asarray(np.array(0.1, dtype)))
+    for k in host:
+        assert rel_error(cp.asnumpy(device[k]), host[k]) <= 1e-5, k
+
+
+# -- what a training step costs: the README's MLP, the CNN of examples/cnn_digits.py, a DP-SGD MLP ------------
+def readme_mlp():
+    with gc.Graph("mlp") as g:
+        x, t = gc.input("x", (m, 64)), gc.input("t", (m,), dtype="int64")
+        W1, b1 = gc.param("W1", (64, 128), init="he_normal"), gc.param("b1", (128,), init="zeros")
+        W2, b2 = gc.param("W2", (128, 10), init="glorot_uniform"), gc.param("b2", (10,), init="zeros")
+        h = gc.relu(x @ W1 + b1)
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(h @ W2 + b2, t)))
+    return g, gc.SGD(lr=0.3), {"x": (8, 64)}
+
+
+def cnn_digits():
+    with gc.Graph("cnn_digits") as g:
+        x, t = gc.input("x", (m, 1, 8, 8)), gc.input("t", (m,), dtype="int64")
+        w1, b1 = gc.param("w1", (32, 1, 3, 3), init="he_normal"), gc.param("b1", (32,), init="zeros")
+        w2, b2 = gc.param("w2", (64, 32, 3, 3), init="he_normal"), gc.param("b2", (64,), init="zeros")
+        W3, b3 = gc.param("W3", (256, 128), init="he_normal"), gc.param("b3", (128,), init="zeros")
+        W4, b4 = gc.param("W4", (128, 10), init="glorot_uniform"), gc.param("b4", (10,), init="zeros")
+        h1 = gc.max_pool2d(gc.relu(gc.conv2d(x, w1, padding="same", bias=b1)), 2)
+        h2 = gc.max_pool2d(gc.relu(gc.conv2d(h1, w2, padding="same", bias=b2)), 2)
+        h3 = gc.relu(gc.flatten(h2) @ W3 + b3)
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(h3 @ W4 + b4, t)))
+    return g, gc.SGD(lr=0.1), {"x": (8, 1, 8, 8)}
+
+
+def dp_sgd_mlp():
+    g, _, shapes = readme_mlp()
+    return g, gc.SGD(lr=0.1, clip_per_example=1.0, noise=0.5), shapes
+
+
+STEPS = {"mlp": readme_mlp, "cnn": cnn_digits, "dp_sgd": dp_sgd_mlp}
+
+
+def step_costs(cp, name):
+    """The device counters over one steady-state training step (buffers allocated and kernels built by a first
+    step, params and batch already on the device), and the node count of the optimized training graph."""
+    if not hasattr(cp, "emulation"):
+        pytest.skip("device counters exist on the emulated GPU only")
+    g, optimizer, shapes = STEPS[name]()
+    rng = np.random.default_rng(0)
+    batch = {"x": cp.asarray(rng.random(shapes["x"], dtype=np.float32)), "t": cp.arange(shapes["x"][0]) % 10}
+    program = gc.compile(g, backend="cupy", loss="loss", optimizer=optimizer)
+    params = program.init_params(seed=0)
+    program.train_step(params, batch)
+    with cp.emulation.counting() as step:
+        program.train_step(params, batch)
+    trained, _ = optimize(training_graph(g, "loss", optimizer))
+    return step, len(trained.needed(trained.roots()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_gpu_steady_state_step_allocates_nothing_and_never_waits_on_the_host(name):
+    step, _ = step_costs(cupy_or_skip(), name)
+    assert (step["allocations"], step["host_to_device"], step["device_to_host"]) == (0, 0, 0), step
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_gpu_step_runs_at_most_one_device_operation_per_graph_node(name):
+    step, nodes = step_costs(cupy_or_skip(), name)
+    assert step["device_ops"] <= nodes, f"{step['device_ops']} device operations for {nodes} nodes: {step}"
