@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.gradcheck import rel_error
+from graphc.optim import training_graph
 from graphc.passes import optimize
-from graphc.train import training_graph
+from graphc.transforms.gradcheck import rel_error
 
 from helpers import cupy_or_skip
 from models import MODELS
