@@ -250,7 +250,8 @@ class FunctionEmitter:
         lines = []
         for b in self.plan.buffers:
             users = ", ".join(self.var[u] for u in b.users) or "scratch"
-            lines.append(f"{self.module.XP}.empty({self.shape_text(b.shape)}, {self.module.XP}.{b.dtype}),  # {users}")
+            array = f"{self.module.XP}.empty({self.shape_text(b.shape)}, {self.module.dtype(b.dtype)})"
+            lines.append(f"{array},  # {users}")
         return lines
 
 
@@ -282,6 +283,10 @@ class ModuleEmitter:
     def printer(names):
         """The printer of scalar expressions (``1/m``) for this backend."""
         raise NotImplementedError
+
+    def dtype(self, dtype: str) -> str:
+        """A dtype as the array module spells it."""
+        return f"{self.XP}.{dtype}"
 
     def use(self, function) -> str:
         """The name of a helper function the module carries (its source is copied in once)."""
@@ -319,6 +324,9 @@ class ModuleEmitter:
 
     def _to_device(self, w: CodeWriter, *tables: str) -> None:
         """Statements converting the arrays of the named dicts for the functions; none for NumPy."""
+
+    def _train_args(self, w: CodeWriter, hypers) -> None:
+        """Statements preparing the hyper-parameters (the learning rate) for the kernels; none for NumPy."""
 
     def _train_return(self, w: CodeWriter, call: str) -> None:
         w.line(f"return {call}")
@@ -486,6 +494,7 @@ class ModuleEmitter:
                 w.line(f"dims = _check(batch, {tuple(inputs)!r})")
                 w.line(f"_check(params, {tuple(params)!r}, dims)")
                 self._to_device(w, "batch", "params")
+                self._train_args(w, hypers)
                 w.line("B = _buffers(_train_cache, dims, _train_allocate)")
                 args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), *hypers])
                 self._train_return(w, f"_train(B, *dims, {args})")

@@ -46,6 +46,16 @@ class ModuleEmitter(emitter.ModuleEmitter):
     def put(dst: str, index: str, values: str) -> str:
         return f"cp.put({dst}, {index}, {values})"
 
+    def dtype(self, dtype: str) -> str:
+        return "cp.bool_" if dtype == "bool" else f"cp.{dtype}"  # cp.bool exists from CuPy 14 only
+
+    def generator(self, node) -> str:
+        """One device generator per seed (cuRAND's own streams, not NumPy's), drawing into planned buffers."""
+        key = ("rng", node.attr("seed"))
+        if key not in self.constants:
+            self.constants[key] = (f"_RNG{len(self.constants)}", f"cp.random.default_rng({node.attr('seed')})")
+        return self.constants[key][0]
+
     def kernel(self, kernel: Kernel, label: str) -> str:
         """The module-level name of ``kernel``, defined once however many nodes launch it."""
         if kernel not in self.kernels:
@@ -71,6 +81,10 @@ class ModuleEmitter(emitter.ModuleEmitter):
                 w.line("host, params = params, _device(params)")
             else:
                 w.line(f"{table} = _device({table})")
+
+    def _train_args(self, w: CodeWriter, hypers) -> None:
+        for name in hypers:  # a device scalar of any dtype: as a number, the kernels' types convert it
+            w.line(f"{name} = float({name}) if isinstance({name}, cp.ndarray) else {name}")
 
     def _train_return(self, w: CodeWriter, call: str) -> None:
         w.line(f"out = {call}")

@@ -8,10 +8,10 @@ import sympy
 
 from graphc.backends.cupy.printer import CudaPrinter
 from graphc.backends.emitter import expr_label
-from graphc.ops.elementwise import arg_index
+from graphc.core.dtypes import is_float
+from graphc.ops.elementwise import arg_index, work_dtype
 
 C_TYPES = {"float32": "float", "float64": "double", "int64": "long long", "bool": "bool"}
-DIM_TYPE = "int64"  # symbolic dims (the batch size m) are passed to kernels as scalars
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,20 @@ class Kernel:
                 f"    {call!r}, 'a + b', 'y = a', '0', {name!r},", f"    preamble={preamble!r})"]
 
 
-def kernel_for(kind: str, expr, in_dtypes, out_dtype: str) -> tuple[Kernel, list[str]]:
-    """The kernel computing ``expr`` over inputs of ``in_dtypes``, and the dim names it takes as scalars."""
+def kernel_for(kind: str, expr, in_dtypes, out_dtype: str) -> tuple[Kernel, list]:
+    """The kernel computing ``expr`` over inputs of ``in_dtypes``, and the scalars (dims, hyper-parameters) it
+    takes after them, in order. Parameter names are generated (``x0``…, ``s0``…), never the user's: a dim named
+    ``i``, ``y`` or ``int`` must not reach C. Scalars come in the kernel's own type, so ``1/m`` divides as numbers
+    and a float32 kernel computes in float32."""
+    work = work_dtype(expr, list(in_dtypes))
+    scalars = sorted((s for s in expr.free_symbols if arg_index(s) is None), key=lambda s: s.name)
     names = {s: f"x{arg_index(s)}" for s in expr.free_symbols if arg_index(s) is not None}
-    dims = sorted({s.name for s in expr.free_symbols if arg_index(s) is None})
-    names.update({s: s.name for s in expr.free_symbols if arg_index(s) is None})
-    kinds = {s.name: DIM_TYPE if s.is_integer else "float64" for s in expr.free_symbols if arg_index(s) is None}
-    params = [f"{t} x{i}" for i, t in enumerate(in_dtypes)] + [f"{kinds[d]} {d}" for d in dims]
-    body = " ".join(CudaPrinter(names).statements(expr, "y", C_TYPES[out_dtype]))
+    names.update({s: f"s{k}" for k, s in enumerate(scalars)})
+    scalar_type = work if is_float(work) else "int64"
+    params = [f"{t} x{i}" for i, t in enumerate(in_dtypes)] + [f"{scalar_type} s{k}" for k in range(len(scalars))]
+    body = " ".join(CudaPrinter(names, C_TYPES[work]).statements(expr, "y", C_TYPES[out_dtype]))
     kernel = Kernel(kind, ", ".join(params), f"{out_dtype} y", body, C_TYPES[out_dtype])
-    return kernel, dims
+    return kernel, scalars
 
 
 def kernel_label(expr, phase: str) -> str:

@@ -13,9 +13,9 @@ LOWERINGS = Lowerings(NUMPY_LOWERINGS)
 def _launch(st, kind: str, expr, out_dtype: str) -> str:
     """Registers the kernel for ``expr`` with the module; returns the call's argument list text."""
     ins = [st.fn.graph.nodes[i].dtype for i in st.node.inputs]
-    kernel, dims = kernel_for(kind, expr, ins, out_dtype)
+    kernel, scalars = kernel_for(kind, expr, ins, out_dtype)
     name = st.module.kernel(kernel, kernel_label(expr, st.node.phase))
-    return f"{name}({', '.join([*st.args, *dims])}"
+    return f"{name}({', '.join([*st.args, *(st.fn.dim_names.get(s, s.name) for s in scalars)])}"
 
 
 @LOWERINGS.register("ew")
@@ -38,8 +38,3 @@ def _sum_ew(st):
     return None
 
 
-@LOWERINGS.register("random_normal")
-def _random_normal(st):
-    """Drawn on the GPU by a module-level ``cp.random`` generator (a stream of its own, unlike NumPy's)."""
-    rng = st.module.generator(st.node)
-    st.line(f"cp.copyto({st.out}, {rng}.standard_normal({st.dims(st.node.shape)}, dtype=cp.{st.node.dtype}))")

@@ -8,26 +8,14 @@ should allocate nothing.
 from __future__ import annotations
 
 import sympy
-from sympy.core.relational import Relational
 
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.backends.numpy.ufuncs import UfuncChain
-from graphc.core.dtypes import DTYPES
 from graphc.core.registry import reduced_shape
-from graphc.ops.elementwise import result_dtype
+from graphc.ops.elementwise import work_dtype
 
 LOWERINGS = Lowerings()
-
-
-def _work_dtype(expr, ins) -> str:
-    """The dtype of the numeric intermediates of an expression: its own, or where it is a comparison (bool),
-    the widest of what is compared (``a*2`` in ``a*2 < b``)."""
-    dtypes = [n.dtype for n in ins]
-    if result_dtype(expr, dtypes) != "bool":
-        return result_dtype(expr, dtypes)
-    compared = [result_dtype(a, dtypes) for rel in expr.atoms(Relational) for a in rel.args if not a.is_number]
-    return max(compared, key=DTYPES.index, default="float32")
 
 
 def _chain(st, expr, out: str, full_shape) -> None:
@@ -36,8 +24,9 @@ def _chain(st, expr, out: str, full_shape) -> None:
     names.update(st.fn.dim_names)
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
     small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
+    work = work_dtype(expr, [n.dtype for n in ins])
     chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
-                       f"node {st.node.label}", small, full_shape, use=st.module.use, work=_work_dtype(expr, ins))
+                       f"node {st.node.label}", small, full_shape, use=st.module.use, work=work)
     for text in chain.run(expr, out):
         st.line(text)
 
@@ -230,7 +219,7 @@ def _fill(st):
 @LOWERINGS.register("random_normal")
 def _random_normal(st):
     rng = st.fn.module.generator(st.node)
-    st.line(f"{rng}.standard_normal(dtype={st.xp}.{st.node.dtype}, out={st.out})")
+    st.line(f"{rng}.standard_normal(dtype={st.module.dtype(st.node.dtype)}, out={st.out})")
 
 
 @LOWERINGS.register("concat")

@@ -21,7 +21,7 @@ from sympy.core.relational import Relational
 
 from graphc.core import shapes
 from graphc.core.describe import expression
-from graphc.core.dtypes import is_float, promote
+from graphc.core.dtypes import DTYPES, is_float, promote
 from graphc.core.errors import GraphError
 from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply, const, same_graph
@@ -107,6 +107,16 @@ def result_dtype(expr, dtypes) -> str:
                    or (record(a) is not None and record(a).integral)
                    for a in sympy.preorder_traversal(expr) if isinstance(a, sympy.Basic))
     return "int64" if integral else "float64"
+
+
+def work_dtype(expr, dtypes) -> str:
+    """The dtype an expression computes in: its result's, or where that is a comparison (bool), the widest of what
+    is compared (``a*2`` in ``a*2 < b``)."""
+    result = result_dtype(expr, dtypes)
+    if result != "bool":
+        return result
+    compared = [result_dtype(a, dtypes) for rel in expr.atoms(Relational) for a in rel.args if not a.is_number]
+    return max(compared, key=DTYPES.index, default="float32")
 
 
 def _ew_infer(nodes, attrs):
