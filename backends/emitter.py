@@ -235,7 +235,12 @@ class FunctionEmitter:
             labels, count = self.var[node.inputs[slot]], self.printer.doprint(sympy.sympify(classes))
             if (labels, count) not in self.checked:
                 self.checked.add((labels, count))
-                w.line(f"_check_classes({labels}, {count}, {labels!r}, {node.op!r})")
+                w.line(self.module.class_check(labels, count, self._user_name(node.inputs[slot])))
+
+    def _user_name(self, nid: int) -> str:
+        """How the user knows a value: its input/param/output name, else its variable."""
+        node = self.graph.nodes[nid]
+        return node.attr("name") if OPS[node.op].fed else node.name or self.var[nid]
 
     def describe(self, node) -> str:
         """The comment of a node's statement: what it computes, in terms of the function's variables."""
@@ -287,6 +292,10 @@ class ModuleEmitter:
     def dtype(self, dtype: str) -> str:
         """A dtype as the array module spells it."""
         return f"{self.XP}.{dtype}"
+
+    def class_check(self, labels: str, classes: str, name: str) -> str:
+        """The statement checking that the class ids ``labels`` lie in 0 … classes − 1."""
+        return f"_check_classes({labels}, {classes}, {name!r})"
 
     def use(self, function) -> str:
         """The name of a helper function the module carries (its source is copied in once)."""

@@ -6,6 +6,7 @@ tests/emulated_gpu where there is none (the ``gpu`` tests): every op and model, 
 the reference evaluator.
 """
 import ast
+import re
 import shutil
 import subprocess
 
@@ -58,21 +59,36 @@ def kernels(source):
     return found
 
 
-def c_params(params: str) -> list[str]:
-    return [f"{C_TYPES[t]} {n}" for t, n in (p.split() for p in params.split(", "))]
+def c_params(params: str, t: str) -> list[tuple[bool, str, str]]:
+    """(raw, C type, name) of each ``[raw] type name`` entry; the placeholder ``T`` stands for ``t``."""
+    out = []
+    for entry in params.split(", "):
+        words = entry.split()
+        raw = words[0] == "raw"
+        dtype, name = words[-2], words[-1]
+        out.append((raw, t if dtype == "T" else C_TYPES[dtype], name))
+    return out
 
 
-def harness(tag, kind, args, preamble):
-    """A ``__global__`` function that evaluates the kernel body once with its declared parameter types."""
-    in_params, out_params = args[0], args[1]
-    (out,) = c_params(out_params)
-    out_type, out_name = out.rsplit(" ", 1)
-    params = ", ".join([*c_params(in_params), f"{out_type}* {out_name}_out"])
+def harness(tag, kind, args, preamble, t="double"):
+    """A ``__global__`` function that runs the kernel body once with its declared parameter types: raw arrays as
+    pointers, the loop index ``i`` as CuPy provides it."""
+    ins, outs = c_params(args[0], t), c_params(args[1], t)
+    params = [f"{c}* {n}" if raw else f"{c} {n}" for raw, c, n in ins]
+    params += [f"{c}* {n}" if raw else f"{c}* {n}_out" for raw, c, n in outs]
+    locals_ = " ".join(f"{c} {n};" for raw, c, n in outs if not raw)
+    stores = " ".join(f"*{n}_out = {n};" for raw, c, n in outs if not raw)
     if kind == "ElementwiseKernel":
-        body = f"{out_type} {out_name}; {args[2]} *{out_name}_out = {out_name};"
+        body = f"const ptrdiff_t i = threadIdx.x; {locals_} {args[2]} {stores}"
     else:
-        body = f"*{out_name}_out = {args[2]};"
-    return f"{preamble}\n__global__ void {tag}({params}) {{ {body} }}\n"
+        (_, c, n), = outs
+        body = f"*{n}_out = ({c})({args[2]});"
+    return (f"namespace {tag}_ {{ typedef {t} T;\n{preamble}\n"  # T per kernel; an unmangled entry name
+            f"extern \"C\" __global__ void {tag}({', '.join(params)}) {{ {body} }} }}\n")
+
+
+def float32_only(args) -> bool:
+    return "float64" not in args[0] + args[1]
 
 
 @pytest.mark.parametrize("opt_level", LEVELS)
@@ -100,26 +116,46 @@ def test_models_emit_fused_kernels_and_cublas_matmuls(name, opt_level):
         assert "cp.matmul(" in source
 
 
-def test_every_kernel_compiles_with_nvcc(tmp_path):
+def compiled_kernels(tmp_path, graphs):
+    """PTX of every distinct kernel of the modules of ``graphs`` (all opt levels), one file per kernel type:
+    {(kernel, C type of T): ptx text}."""
     nvcc = shutil.which("nvcc") or (shutil.which("/usr/local/bin/nvcc"))
     if nvcc is None:
         pytest.skip("nvcc not found")
-    units, seen = [], set()
-    for tag, g in all_graphs():
+    units, seen = {}, set()
+    for tag, g in graphs:
         for opt_level in LEVELS:
             for kind, name, args, preamble in kernels(sources(g, opt_level)):
-                key = (kind, tuple(args), preamble)
-                if key not in seen:
-                    seen.add(key)
-                    unique = f"k{len(units)}_{tag}_O{opt_level}_{name}"  # kernel names repeat across modules
-                    args = [a.replace(name, unique) for a in args]
-                    units.append(harness(unique, kind, args, preamble.replace(name, unique)))
+                for t in ("float", "double") if "T " in args[0] + args[1] else ("double",):
+                    key = (kind, tuple(args), preamble, t)
+                    if key not in seen:
+                        seen.add(key)
+                        unique = f"k{len(units)}_{tag}_O{opt_level}_{name.strip('_')}"  # names repeat across modules
+                        text = harness(unique, kind, [a.replace(name, unique) for a in args],
+                                       preamble.replace(name, unique), t)
+                        units[unique] = (text, float32_only(args) and t == "float")
     assert units
     path = tmp_path / "kernels.cu"
-    path.write_text("".join(units))
-    done = subprocess.run([nvcc, "--ptx", str(path), "-o", str(tmp_path / "kernels.ptx")],
-                          capture_output=True, text=True, check=False)
+    path.write_text("".join(text for text, _ in units.values()))
+    ptx = tmp_path / "kernels.ptx"
+    done = subprocess.run([nvcc, "--ptx", "-diag-suppress", "177", str(path), "-o", str(ptx)], capture_output=True,
+                          text=True, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
+    text = ptx.read_text()
+    return {unique: (text.split(f".entry {unique}")[1].split(".entry ")[0], single)
+            for unique, (_, single) in units.items()}
+
+
+def test_every_kernel_compiles_with_nvcc(tmp_path):
+    compiled_kernels(tmp_path, all_graphs())
+
+
+def test_float32_kernels_compute_in_float32(tmp_path):
+    """No double arithmetic in a kernel whose data is float32: on many GPUs it runs at 1/64 of the speed."""
+    graphs = [(n, g) for n, g in all_graphs() if n.endswith("float32")]
+    doubles = [name for name, (ptx, single) in compiled_kernels(tmp_path, graphs).items()
+               if single and re.search(r"\.f64\b", ptx)]
+    assert not doubles, doubles
 
 
 # -- run: on a GPU or the emulated one -------------------------------------------------------------

@@ -103,14 +103,19 @@ def step_costs(cp, name):
     with cp.emulation.counting() as step:
         program.train_step(params, batch)
     trained, _ = optimize(training_graph(g, "loss", optimizer))
+    step["class_checks"] = program.source.split("def _train(")[1].split("\ndef ")[0].count("_count_outside(")
     return step, len(trained.needed(trained.roots()))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(STEPS))
 def test_gpu_steady_state_step_allocates_nothing_and_never_waits_on_the_host(name):
+    """Nothing but each check of the class ids: their count of ids out of range (8 bytes), read back."""
     step, _ = step_costs(cupy_or_skip(), name)
-    assert (step["allocations"], step["host_to_device"], step["device_to_host"]) == (0, 0, 0), step
+    checks = step["class_checks"]
+    assert checks == 1
+    assert (step["allocations"], step["allocated_bytes"], step["host_to_device"], step["device_to_host"]) == (
+        checks, 8 * checks, 0, checks), step
 
 
 @pytest.mark.gpu

@@ -53,7 +53,7 @@ def test_example_runs(name, tmp_path):
         assert "max |dL/dy - (y - t)| = 0.0" in proc.stdout
         assert "equals W - lr*dW: True" in proc.stdout
     if name == "softmax_gradient.py":
-        assert "(softmax(z) - onehot(t))·1/m" in proc.stdout
+        assert "onehot(t))·1/m" in proc.stdout
     if name == "per_example_grads.py":
         assert "DP-SGD" in proc.stdout and proc.stdout.count("<- flipped") == 3
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from graphc.backends import emitter
 from graphc.backends.codewriter import CodeWriter, Names
-from graphc.backends.cupy.kernels import C_TYPES, Kernel
+from graphc.backends.cupy import conv  # noqa: F401 - registers the conv and pooling kernels
+from graphc.backends.cupy.kernels import C_TYPES, OUTSIDE, Kernel
 from graphc.backends.cupy.lowering import LOWERINGS
-from graphc.backends.cupy.runtime import _check_finite, _device, _write_back
+from graphc.backends.cupy.runtime import _check_classes, _check_finite, _device, _write_back
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 
 __all__ = ["C_TYPES", "ModuleEmitter"]
@@ -21,7 +22,8 @@ class ModuleEmitter(emitter.ModuleEmitter):
     IMPORTS = ("import cupy as cp", "import numpy as np")
     ARRAY = "(np.ndarray, cp.ndarray)"
     LOWERINGS = LOWERINGS
-    RUNTIME = (*emitter.ModuleEmitter.RUNTIME, _device, _write_back)
+    RUNTIME = (*(f for f in emitter.ModuleEmitter.RUNTIME if f.__name__ != "_check_classes"), _check_classes,
+               _device, _write_back)
     NUMERICS = (_check_finite,)
 
     def __init__(self, *args, **kwargs):
@@ -48,6 +50,11 @@ class ModuleEmitter(emitter.ModuleEmitter):
 
     def dtype(self, dtype: str) -> str:
         return "cp.bool_" if dtype == "bool" else f"cp.{dtype}"  # cp.bool exists from CuPy 14 only
+
+    def class_check(self, labels: str, classes: str, name: str) -> str:
+        """Counted on the device by one reduction; only its result is read back."""
+        return f"_check_classes({self.kernel(OUTSIDE, '_count_outside')}({labels}, {classes}), {labels}, {classes}, " \
+               f"{name!r})"
 
     def generator(self, node) -> str:
         """One device generator per seed (cuRAND's own streams, not NumPy's), drawing into planned buffers."""

@@ -66,3 +66,17 @@ def kernel_label(expr, phase: str) -> str:
     return "_".join(["fused", *parts, suffix])
 
 
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A kernel written out in full (``{name}`` stands for its module-level name)."""
+
+    text: str
+
+    def definition(self, name: str) -> list[str]:
+        return self.text.format(name=name).splitlines()
+
+
+OUTSIDE = Fixed("{name} = cp.ReductionKernel(\n    'int64 t, int64 k', 'int64 y', '(t < 0 || t >= k) ? 1 : 0', "
+                "'a + b', 'y = a', '0', '{name}')")  # how many class ids fall outside 0 … k − 1

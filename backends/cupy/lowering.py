@@ -3,19 +3,24 @@ GPU differs: each fused elementwise group is one ``ElementwiseKernel``, each ele
 ``ReductionKernel``, random draws come from a device generator."""
 from __future__ import annotations
 
-from graphc.backends.cupy.kernels import kernel_for, kernel_label
+import sympy
+
+from graphc.backends.cupy.kernels import Fixed, kernel_for, kernel_label
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.lowering import LOWERINGS as NUMPY_LOWERINGS
+from graphc.ops.elementwise import Where, arg
 
 LOWERINGS = Lowerings(NUMPY_LOWERINGS)
 
 
-def _launch(st, kind: str, expr, out_dtype: str) -> str:
-    """Registers the kernel for ``expr`` with the module; returns the call's argument list text."""
-    ins = [st.fn.graph.nodes[i].dtype for i in st.node.inputs]
-    kernel, scalars = kernel_for(kind, expr, ins, out_dtype)
+def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None) -> str:
+    """Registers the kernel for ``expr`` (over the node's inputs, or ``args`` of ``dtypes``) with the module;
+    returns the call's argument list text."""
+    args = st.args if args is None else args
+    dtypes = [st.fn.graph.nodes[i].dtype for i in st.node.inputs] if dtypes is None else dtypes
+    kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype)
     name = st.module.kernel(kernel, kernel_label(expr, st.node.phase))
-    return f"{name}({', '.join([*st.args, *(st.fn.dim_names.get(s, s.name) for s in scalars)])}"
+    return f"{name}({', '.join([*args, *(st.fn.dim_names.get(s, s.name) for s in scalars)])}"
 
 
 @LOWERINGS.register("ew")
@@ -38,3 +43,29 @@ def _sum_ew(st):
     return None
 
 
+
+
+@LOWERINGS.register("pick")
+def _pick(st):
+    """Each row's value at its label: the thread of the label's class writes it (no index arithmetic on the host)."""
+    z, t = st.args
+    classes = st.input(0).shape[-1]
+    kernel = Fixed("{name} = cp.ElementwiseKernel(\n    'T z, int64 t, int64 c, int64 k', 'raw T y',\n"
+                   "    'if (c == t) y[i / k] = z;', '{name}')")
+    name = st.module.kernel(kernel, "_pick")
+    rows = st.dims((*st.input(1).shape, 1))
+    st.line(f"{name}({z}, {t}.reshape({rows}), {st.fn.arange(classes)}, {st.value(classes)}, {st.out})")
+
+
+@LOWERINGS.register("softmax_xent_grad")
+def _softmax_xent_grad(st):
+    """(e/s − onehot(t))·scale in one kernel over the logits' shape."""
+    n = st.node
+    e, s, t, *rest = st.args
+    shift = {arg(i + 2): arg(i + 4) for i in range(len(rest))}
+    expr = (arg(0) / arg(1) - Where(sympy.Eq(arg(2), arg(3)), 1, 0)) * n.attr("scale").xreplace(shift)
+    rows = st.dims((*st.input(2).shape, 1))
+    args = [e, s, f"{t}.reshape({rows})", st.fn.arange(n.shape[-1]), *rest]
+    dtypes = [st.input(0).dtype, st.input(1).dtype, "int64", "int64", *(st.input(3 + k).dtype
+                                                                        for k in range(len(rest)))]
+    st.line(f"{_launch(st, 'elementwise', expr, n.dtype, args, dtypes)}, {st.out})")

@@ -19,3 +19,11 @@ def _write_back(host, device):
     for name, value in host.items():
         if isinstance(value, np.ndarray):
             value[...] = device[name].get()
+
+
+def _check_classes(outside, labels, classes, name):
+    """Raise ValueError where class ids fall outside 0 … classes − 1: ``outside`` counts them on the device."""
+    if int(outside):
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"{name} holds the class id {low if low < 0 else high}, outside the classes "
+                         f"0..{classes - 1}")

@@ -174,29 +174,32 @@ def _softmax_cross_entropy(st):
 
 @LOWERINGS.register("softmax_xent_grad")
 def _softmax_xent_grad(st):
-    """(softmax(z) − onehot(t))·c without a one-hot array: scale folded into the (m, 1) row sums."""
+    """(e/s − onehot(t))·c without a one-hot array: the scale folded into the (…, 1) row sums, then subtracted at
+    each row's true class."""
     n = st.node
-    z, t, *rest = st.args
-    zs = n.shape
-    c = n.attr("scale")
+    e, s, t, *rest = st.args
     names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(rest)}
     names.update(st.fn.dim_names)
-    scale = NumPyScalarPrinter(names, st.xp).doprint(c)
-    kshape = reduced_shape(zs, (len(zs) - 1,), True)
-    peak = st.scratch(n.dtype, kshape)
-    st.line(st.module.reduce("maximum", z, -1, True, peak))
-    _rows(st, "subtract", z, peak, st.out)
-    st.line(f"{st.xp}.exp({st.out}, out={st.out})")
-    st.line(st.module.reduce("add", st.out, -1, True, peak))
-    st.line(f"{st.xp}.divide({scale}, {peak}, out={peak})  # the scale rides on the row sums")
-    _rows(st, "multiply", st.out, peak, st.out)  # softmax(z)·scale
-    idx = _label_index(st, zs, t)
-    picked = st.scratch(n.dtype, zs[:-1])
+    scale = NumPyScalarPrinter(names, st.xp).doprint(n.attr("scale"))
+    per_row = st.scratch(n.dtype, st.input(1).shape)
+    st.line(f"{st.xp}.divide({scale}, {s}, out={per_row})  # the scale rides on the row sums")
+    _rows(st, "multiply", e, per_row, st.out)  # softmax(z)·scale
+    idx = _label_index(st, n.shape, t)
+    picked = st.scratch(n.dtype, n.shape[:-1])
     flat = f"{st.out}.reshape(-1)"
     st.line(st.module.take(flat, idx, picked))
-    row_scale = scale if not rest else f"{st.xp}.reshape({scale}, {picked}.shape)"
+    if rest:  # the scale of each row, back from scale/s
+        st.line(f"{st.xp}.multiply({per_row}, {s}, out={per_row})")
+    row_scale = scale if not rest else f"{per_row}.reshape({picked}.shape)"
     st.line(f"{st.xp}.subtract({picked}, {row_scale}, out={picked})")
     st.line(st.module.put(flat, idx, picked) + "  # − scale at the true class")
+
+
+@LOWERINGS.register("pick")
+def _pick(st):
+    z, t = st.args
+    idx = _label_index(st, st.input(0).shape, t)
+    st.line(st.module.take(f"{z}.reshape(-1)", idx, f"{st.out}.reshape({idx}.shape)") + "  # each row's label")
 
 
 @LOWERINGS.register("one_hot")

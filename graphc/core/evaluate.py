@@ -79,4 +79,4 @@ def check_classes(node, labels_node, labels, classes: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
         who = labels_node.name or labels_node.label
-        raise GraphError(f"{node.op}: {who} holds the class id {bad}, outside 0..{classes - 1}")
+        raise GraphError(f"{node.op}: {who} holds the class id {bad}, outside the classes 0..{classes - 1}")

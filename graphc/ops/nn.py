@@ -149,23 +149,48 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor, axis: int = -1) -> Ten
     return apply("softmax_cross_entropy", [logits, labels], axis=axis)
 
 
-# -- (softmax(z) − onehot(t))·scale: made by the fuse_softmax_xent pass from the VJP above -------------
+# -- the fused gradient and the true-class logit: made by the passes, after differentiation -------------------
 def _xent_grad_infer(nodes, attrs):
     return nodes[0].shape, nodes[0].dtype
 
 
-def _xent_grad_impl(node, env, z, t, *rest):
+def _xent_grad_impl(node, env, e, s, t, *rest):
     values = {arg(i): r for i, r in enumerate(rest)}
     values.update(env)
-    probs = np.exp(_stable_log_softmax(z, -1))
-    onehot = (t[..., None] == np.arange(z.shape[-1])).astype(z.dtype)
-    return ((probs - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
+    onehot = (t[..., None] == np.arange(e.shape[-1])).astype(e.dtype)
+    return ((e / s - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
 
 
 def _describe_xent_grad(node, names) -> str:
-    z, t, *rest = (names[i] for i in node.inputs)
-    return f"(softmax({z}) - onehot({t}))·{expression(node.attr('scale'), rest)}"
+    e, s, t, *rest = (names[i] for i in node.inputs)
+    return f"({e}/{s} - onehot({t}))·{expression(node.attr('scale'), rest)}"
 
 
+# (softmax(z) − onehot(t))·scale, with softmax(z) = e/s given as e = exp(z − max z) and its row sums s: the forward
+# pass computes both, so the gradient costs no exponential of its own.
 defop("softmax_xent_grad", infer=_xent_grad_infer, impl=_xent_grad_impl, var="dlogits",
-      class_ids=lambda node, ins: [(1, ins[0].shape[-1])], describe=_describe_xent_grad)
+      class_ids=lambda node, ins: [(2, ins[0].shape[-1])], describe=_describe_xent_grad)
+
+
+def _pick_infer(nodes, attrs):
+    z, t = nodes
+    if t.dtype != "int64" or tuple(t.shape) != tuple(z.shape[:-1]):
+        raise fail("pick", f"labels must be int64 of shape {shapes.fmt(z.shape[:-1])}", z, t)
+    return (*t.shape, 1), z.dtype
+
+
+def _pick_impl(node, env, z, t):
+    return np.take_along_axis(z, t[..., None], axis=-1)
+
+
+# z[..., t]: each row's value at its label (the true class's logit), kept as a size-1 last axis
+def _pick_batch_axis(node, ins, axes):
+    placed = {a for a in axes if a is not None}
+    if len(placed) > 1 or len(node.shape) - 1 in placed:
+        raise mixes(node, ins, "pairs logits and labels of different examples")
+    return placed.pop()
+
+
+defop("pick", infer=_pick_infer, impl=_pick_impl, class_ids=lambda node, ins: [(1, ins[0].shape[-1])],
+      batch_axis=_pick_batch_axis,
+      describe=lambda node, names: f"{names[node.inputs[0]]}[{names[node.inputs[1]]}]")

@@ -13,6 +13,7 @@ from graphc.core.ir import Graph
 from graphc.passes.cse import cse
 from graphc.passes.dce import dce
 from graphc.passes.differentiate import differentiate
+from graphc.passes.expand_softmax_xent import expand_softmax_xent
 from graphc.passes.fold_constants import fold_constants
 from graphc.passes.fuse_elementwise import fuse_elementwise
 from graphc.passes.fuse_reductions import fuse_reductions
@@ -32,6 +33,7 @@ PIPELINE = [
     (scale, 2),
     (fold_constants, 2),
     (fuse_softmax_xent_grad, 2),
+    (expand_softmax_xent, 2),
     (fuse_elementwise, 2),
     (fuse_reductions, 2),
     (dce, 1),

@@ -6,11 +6,12 @@ from graphc.ops.elementwise import arg
 
 
 def fuse_softmax_xent_grad(graph, notes):
-    """(softmax(z) − one_hot(t))·scale -> softmax_xent_grad(z, t; scale)
+    """(softmax(z) − one_hot(t))·scale -> softmax_xent_grad(e, s, t; scale) with e = exp(z − max z), s = Σ e
 
-    The gradient of ``softmax_cross_entropy`` w.r.t. its logits, once the graph is differentiated: one node that
-    needs no one-hot array and applies the scale (the ``1/m`` of a mean) once, on the row sums. Both the softmax
-    and the one-hot must be read only here, and the scale constant along the classes.
+    The gradient of ``softmax_cross_entropy`` w.r.t. its logits, once the graph is differentiated: no one-hot
+    array, the scale (the ``1/m`` of a mean) applied once, on the row sums. ``e`` and ``s`` are the nodes the
+    expanded forward pass computes too, so forward and backward share the exponentials. Both the softmax and the
+    one-hot must be read only here, and the scale constant along the classes.
     """
     def rule(rb, node):
         if node.phase == "forward" or len(node.inputs) < 2:
@@ -19,8 +20,8 @@ def fuse_softmax_xent_grad(graph, notes):
         if not (_private(graph, s_old, "softmax") and _private(graph, h_old, "one_hot")):
             return None
         ins = [rb.arg(i) for i in node.inputs]
-        s, h = rb.node(ins[0]), rb.node(ins[1])
-        if s.attr("axis") != len(s.shape) - 1 or h.shape != s.shape:
+        soft, hot = rb.node(ins[0]), rb.node(ins[1])
+        if soft.attr("axis") != len(soft.shape) - 1 or hot.shape != soft.shape:
             return None
         expr, difference = node.attr("expr"), arg(0) - arg(1)
         if expr == difference:
@@ -35,10 +36,26 @@ def fuse_softmax_xent_grad(graph, notes):
         if any(len(rb.node(r).shape) and rb.node(r).shape[-1] != 1 for r in rest):
             return None  # the scale must be constant along the classes
         scale = scale.xreplace({arg(i + 2): arg(i) for i in range(len(rest))})
+        e, total = exponentials(rb, node, soft.inputs[0])
         notes.note(f"(softmax(z) − onehot(t))·g -> softmax_xent_grad at {graph.display_name(node.id)}")
-        return rb.add(node, "softmax_xent_grad", [s.inputs[0], h.inputs[0], *rest], {"scale": scale})
+        return rb.add(node, "softmax_xent_grad", [e, total, hot.inputs[0], *rest], {"scale": scale})
 
     return Rebuild(graph).run({"ew": rule})
+
+
+def exponentials(rb, like, z: int) -> tuple[int, int]:
+    """``e = exp(z − max z)`` and ``s = Σ e`` along the last axis (kept as size 1): softmax(z) = e/s, stably."""
+    shape = rb.node(z).shape
+    rows = (*shape[:-1], sympy.Integer(1))
+    axes = {"axes": (len(shape) - 1,), "keepdims": True}
+    peak = rb.add(like, "max", [z], axes, shape=rows)
+    e = rb.add(like, "ew", [z, peak], {"expr": sympy.exp(arg(0) - arg(1))}, shape=shape)
+    total = rb.add(like, "sum", [e], axes, shape=rows)
+    name = rb.node(z).name
+    for nid, prefix in ((peak, "rowmax"), (e, "exp"), (total, "sumexp")) if name else ():
+        if not rb.node(nid).name:
+            rb.new.rename(nid, f"{prefix}_{name}")  # softmax(logits) reads exp_logits/sumexp_logits
+    return e, total
 
 
 def _private(graph, nid: int, op: str) -> bool:
