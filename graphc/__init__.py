@@ -7,6 +7,7 @@ from graphc.dsl import Tensor, const, init_params, input, param
 from graphc.errors import GraphError
 from graphc.files import load_module
 from graphc.ir import Graph
+from graphc.onnx import from_onnx
 from graphc.ops import OPS
 from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
 from graphc.ops.elementwise import (
@@ -56,5 +57,5 @@ __all__ = [
     "less_equal", "log", "log1p", "log_softmax", "logsumexp", "matmul", "max", "max_pool2d", "maximum", "mean",
     "minimum", "one_hot", "param", "relu", "render", "reshape", "sigmoid", "softmax", "softmax_cross_entropy",
     "softplus", "sqrt", "square", "sum", "tanh", "transpose", "where",
-    "clipped_mean_grads", "per_example_grads", "per_example_norms", "load_module",
+    "clipped_mean_grads", "per_example_grads", "per_example_norms", "load_module", "from_onnx",
 ]
