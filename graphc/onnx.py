@@ -31,7 +31,7 @@ RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step
 # Inputs whose value must be known at import (shapes, axes, sizes): a graph input there must be given in constants=.
 STATIC_INPUTS = {
     "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Squeeze": {1}, "Unsqueeze": {1}, "Expand": {1}, "Tile": {1},
-    "Split": {1}, "Pad": {1, 2, 3}, "ConstantOfShape": {0}, "Dropout": {1, 2}, "Pow": {1},
+    "Split": {1}, "Pad": {1, 2, 3}, "ConstantOfShape": {0}, "Dropout": {1, 2},
     **{op: {1} for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceLogSumExp", "ReduceSumSquare",
                           "ReduceL1", "ReduceL2", "ReduceLogSum")},
 }
@@ -46,6 +46,7 @@ COMPARISONS = {"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual"}
 WIDTH_FREE = COMPARISONS | {"Where", "Max", "Min", "Clip", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
                             "Concat", "Slice", "Gather", "Expand", "Identity", "Dropout", "Shape", "Size", "Cast",
                             "CastLike", "Split", "Tile", "Pad"}
+WIDTH_FREE_INPUTS = {"Pow": {1}}  # an integer exponent means the same at any width
 NOT_FOLDED = {"Dropout", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
               "Multinomial"}
 LATER_OPS = {"take": "Gather with tensor indices", "erf": "Erf", "gelu": "Gelu"}
@@ -195,7 +196,7 @@ class _Importer:
     def _declare_inputs(self, inputs) -> None:
         for info in inputs:
             if info.name in self.constants:
-                self._set(info.name, np.asarray(self.constants[info.name], dtype=self._input_dtype(info)))
+                self._set(info.name, self._fixed(info))
                 continue
             dtype = self._input_dtype(info)
             shape = self._input_shape(info)
@@ -205,6 +206,16 @@ class _Importer:
             else:
                 raise GraphError(f"ONNX graph input {info.name!r} has dtype {dtype}: graphc computes in float32, "
                                  "float64, int64 and bool (narrower integers are widened to int64)")
+
+    def _fixed(self, info) -> np.ndarray:
+        """The value ``constants=`` gives a graph input, checked against its declared shape."""
+        value = np.asarray(self.constants[info.name], dtype=self._input_dtype(info))
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        if info.type.tensor_type.HasField("shape") and (
+                len(declared) != value.ndim or any(d not in (None, n) for d, n in zip(declared, value.shape))):
+            raise GraphError(f"constants[{info.name!r}] has shape {value.shape}; the graph input is declared "
+                             f"{tuple(d if d is not None else '?' for d in declared)}")
+        return value
 
     def _input_dtype(self, info) -> np.dtype:
         t = info.type
@@ -328,7 +339,9 @@ class _Importer:
     def _check_widths(self, node: _Node, args) -> None:
         if node.op in WIDTH_FREE:
             return
-        for name, arg in zip(node.inputs, args):
+        for i, (name, arg) in enumerate(zip(node.inputs, args)):
+            if i in WIDTH_FREE_INPUTS.get(node.op, ()):
+                continue
             if name and not isinstance(arg, np.ndarray) and self.dtypes[name] in WIDENED:
                 raise node.refuse(f"input {name!r} is {self.dtypes[name]}: graphc holds it as int64, and {node.op} "
                                   "could give other results there (overflow, rounding)")
@@ -580,6 +593,11 @@ def _arithmetic(imp, node, a, b):
     return ARITHMETIC[node.op](imp.operand(a, node, "input A"), imp.operand(b, node, "input B"))
 
 
+@handles("Add", "Sub", "Mul", symbolic=True)
+def _dim_arithmetic(imp, node, a, b):
+    return np.asarray(ARITHMETIC[node.op](a.astype(object), b.astype(object)), dtype=object)
+
+
 COMPARE = {"Greater": lambda a, b: gc.greater(a, b), "Less": lambda a, b: gc.less(a, b),
            "Equal": lambda a, b: gc.equal(a, b), "GreaterOrEqual": lambda a, b: gc.greater_equal(a, b),
            "LessOrEqual": lambda a, b: gc.less_equal(a, b)}
@@ -756,6 +774,8 @@ def _flatten(imp, node, x):
 
 def _squeezed(imp, node, shape, axes) -> tuple:
     if axes is None:
+        if any(not d.is_number for d in map(sympy.sympify, shape)):
+            raise node.refuse(f"squeezing every size-1 axis of {tuple(shape)}: a symbolic dim may be 1 or not")
         return tuple(d for d in shape if d != 1)
     axes = _axes(node, imp.ints(axes, node, "axes"), len(shape))
     for a in axes:
