@@ -24,9 +24,9 @@ from graphc.ir import Graph
 
 MIN_OPSET, MAX_OPSET = 13, 27
 
-# Graph input names the generated module uses for itself (an input of that name is renamed, e.g. B -> B_2).
+# Names the generated module uses for itself, and the batch dim: an input of such a name is renamed (B -> B_2).
 RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
-            "copy", "value", "name", "names", "shape", "dtype"}
+            "copy", "value", "name", "names", "shape", "dtype", "m"}
 
 # Inputs whose value must be known at import (shapes, axes, sizes): a graph input there must be given in constants=.
 STATIC_INPUTS = {
@@ -49,7 +49,6 @@ WIDTH_FREE = COMPARISONS | {"Where", "Max", "Min", "Clip", "Reshape", "Transpose
 WIDTH_FREE_INPUTS = {"Pow": {1}}  # an integer exponent means the same at any width
 NOT_FOLDED = {"Dropout", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
               "Multinomial"}
-LATER_OPS = {"take": "Gather with tensor indices", "erf": "Erf", "gelu": "Gelu"}
 
 
 def from_onnx(model, constants: dict | None = None, name: str | None = None) -> Graph:
@@ -58,7 +57,8 @@ def from_onnx(model, constants: dict | None = None, name: str | None = None) -> 
     Graph inputs and outputs keep their ONNX names (made Python identifiers); a dynamic leading dim becomes the
     batch dim ``m``. Float initializers become params; ``graph.initial_params`` holds their values.
     ``constants`` fixes graph inputs to values (name -> array), for inputs that must be known at import, such as a
-    Reshape's shape fed as an input. ``name`` names the graph (default: the file's stem, else the ONNX graph's name).
+    Reshape's shape fed as an input; an initializer named there becomes a constant of that value instead of a param.
+    ``name`` names the graph (default: the file's stem, else the ONNX graph's name).
     """
     onnx = _require_onnx()
     proto, default_name = _load(onnx, model)
@@ -183,8 +183,9 @@ class _Importer:
         if unknown:
             raise GraphError(f"constants {sorted(unknown)} are not inputs of the ONNX graph")
         with self.graph:
-            self._declare_inputs([i for i in g.input if i.name not in initializers])
-            self._declare_initializers(list(g.initializer), _uses(g))
+            uses = _uses(g)
+            self._declare_inputs([i for i in g.input if i.name not in initializers], uses)
+            self._declare_initializers(list(g.initializer), uses)
             self.output_names = self._output_names(g.output)
             for proto in g.node:
                 self._convert(_Node(self.onnx, proto))
@@ -193,12 +194,15 @@ class _Importer:
         return self.graph
 
     # -- sources ----------------------------------------------------------------------------------------
-    def _declare_inputs(self, inputs) -> None:
+    def _declare_inputs(self, inputs, uses: dict) -> None:
         for info in inputs:
             if info.name in self.constants:
                 self._set(info.name, self._fixed(info))
                 continue
             dtype = self._input_dtype(info)
+            if uses.get(info.name) and all(use == ("CastLike", 1) for use in uses[info.name]):
+                self._set(info.name, np.zeros((), dtype))  # only its dtype is read
+                continue
             shape = self._input_shape(info)
             if dtype in WIDENED or dtype in DTYPES:
                 name = self.names.fresh(info.name, "x")
@@ -246,7 +250,6 @@ class _Importer:
     def _symbol(self, param, input_name: str, axis: int):
         if axis == 0 and (param is None or self.batch_param in (None, param)):
             self.batch_param = self.batch_param or param
-            self.names.used.add("m")
             return gc.dim("m")
         if param is not None and param == self.batch_param:
             return gc.dim("m")
@@ -257,7 +260,10 @@ class _Importer:
 
     def _declare_initializers(self, tensors, uses: dict) -> None:
         for t in tensors:
-            if t.name not in uses or t.name in self.constants:
+            if t.name not in uses:
+                continue
+            if t.name in self.constants:  # fixed as a constant, not trained
+                self._set(t.name, np.asarray(self.constants[t.name]))
                 continue
             if t.data_location == self.onnx.TensorProto.EXTERNAL and not t.raw_data:
                 raise GraphError(f"ONNX initializer {t.name!r}: its external data was not loaded")
@@ -343,8 +349,9 @@ class _Importer:
             if i in WIDTH_FREE_INPUTS.get(node.op, ()):
                 continue
             if name and not isinstance(arg, np.ndarray) and self.dtypes[name] in WIDENED:
-                raise node.refuse(f"input {name!r} is {self.dtypes[name]}: graphc holds it as int64, and {node.op} "
-                                  "could give other results there (overflow, rounding)")
+                raise node.refuse(f"input {name!r} is {self.dtypes[name]}: graphc holds narrower integers as int64, "
+                                  "so only comparisons, Where, Max/Min, Clip, casts and shape ops take them "
+                                  "(elsewhere overflow and rounding could differ)")
 
     def _store(self, node: _Node, out: str, value, index: int) -> None:
         if value is None:
@@ -497,7 +504,6 @@ def handles(*ops, symbolic: bool = False):
             (SYMBOLIC if symbolic else HANDLERS)[op] = fn
         return fn
     return register
-
 
 
 def _axis(node: _Node, axis: int, ndim: int) -> int:
@@ -785,8 +791,9 @@ def _squeezed(imp, node, shape, axes) -> tuple:
 
 
 def _unsqueezed(imp, node, shape, axes) -> tuple:
+    axes = imp.ints(axes, node, "axes")
     out = list(shape)
-    for a in _axes(node, imp.ints(axes, node, "axes"), len(shape) + len(imp.ints(axes, node, "axes"))):
+    for a in _axes(node, axes, len(shape) + len(axes)):  # axes count in the output's rank
         out.insert(a, 1)
     return tuple(out)
 
@@ -925,9 +932,7 @@ def _split(imp, node, x, split=None):
     n = len(node.outputs)
     if split is not None:
         sizes = imp.ints(split, node, "split")
-    elif "split" in node.attrs:
-        sizes = list(node.attrs["split"])
-    else:
+    else:  # opset 18's num_outputs: equal parts, the last one smaller
         chunk = -(-int(d) // n)
         sizes = [chunk] * (n - 1) + [int(d) - chunk * (n - 1)]
     if sum(sizes) != int(d) or len(sizes) != n or min(sizes) <= 0:
@@ -1133,13 +1138,13 @@ def _geometry(node, sizes, spans) -> tuple[list, list]:
     return strides, pads
 
 
-def _spatial(imp, node, x, what="the input"):
-    """``x`` as (N, C, H, W) and the number of its spatial axes (1-d inputs get a leading size-1 axis)."""
-    x = imp.tensor(x, node, what)
+def _conv_input(imp, node, x):
+    """``x`` as (N, C, H, W) and the number of its spatial axes (a 1-d input gets a leading size-1 axis)."""
+    x = imp.tensor(x, node, "the input")
     if x.ndim == 3:
         return gc.reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2])), 1
     if x.ndim != 4:
-        raise node.refuse(f"{what} is {x.ndim}-d: graphc has 1-d and 2-d convolution and pooling (3- or 4-d inputs)")
+        raise node.refuse(f"the input is {x.ndim}-d: graphc has 1-d and 2-d convolution (3- or 4-d inputs)")
     return x, 2
 
 
@@ -1160,7 +1165,7 @@ def _back(y, r: int):
 
 @handles("Conv")
 def _conv(imp, node, x, w, bias=None):
-    x, r = _spatial(imp, node, x)
+    x, r = _conv_input(imp, node, x)
     w = imp.tensor(w, node, "the weights")
     if w.ndim != r + 2:
         raise node.refuse(f"weights of rank {w.ndim} for a {r}-d convolution")
@@ -1196,10 +1201,11 @@ def _pool_geometry(node, x):
     out = []
     for size, span, s, (lo, hi) in zip(n, spans, strides, pads):
         count = (size + lo + hi - span) / s + 1
-        floor, ceil = int(np.floor(count)), int(np.ceil(count))
-        if node.attr("ceil_mode", 0) and (ceil - 1) * s < size + lo:  # a last window must start in the input
-            floor = ceil
-        out.append(floor)
+        if not node.attr("ceil_mode", 0):
+            out.append(int(np.floor(count)))
+        else:  # the last window must start in the input or its leading padding
+            o = int(np.ceil(count))
+            out.append(o - 1 if (o - 1) * s >= size + lo else o)
     extra = [max((o - 1) * s + span - (size + lo + hi), 0) for o, s, span, size, (lo, hi)
              in zip(out, strides, spans, n, pads)]
     if max(extra) > 1:  # onnx's reference then shifts the windows by half of it
@@ -1222,7 +1228,7 @@ def _windows(x, kernel, strides, dilations, out):
         yield x[tuple(index)]
 
 
-def _native(x, kernel, strides, dilations):
+def _native(x, dilations) -> bool:
     """graphc's own 2-d pooling applies: no dilation, 1 or 2 spatial axes."""
     return x.ndim <= 4 and all(d == 1 for d in dilations)
 
@@ -1236,7 +1242,7 @@ def _max_pool(imp, node, x):
             raise node.refuse(f"padding {pads} (ceil_mode's included) with kernel {kernel} and dilations "
                               f"{dilations}: a window could miss the input's edge")
         x = _pad_axis(x, axis, lo, hi, "edge")  # a copy of the edge is in every window it enters
-    if _native(x, kernel, strides, dilations):
+    if _native(x, dilations):
         return _pool2d(gc.max_pool2d, x, kernel, strides)
     parts = list(_windows(x, kernel, strides, dilations, out))
     y = parts[0]
@@ -1259,7 +1265,7 @@ def _avg_pool(imp, node, x):
     for axis, c in enumerate(counts):
         divisor = divisor * c.reshape([-1 if i == axis else 1 for i in range(len(out))])
     area = int(np.prod(kernel))
-    if _native(x, kernel, strides, dilations):
+    if _native(x, dilations):
         y = _pool2d(gc.avg_pool2d, x, kernel, strides)
         return y if (divisor == area).all() else y * _const((area / divisor).astype(x.dtype), x.dtype)
     total = sum(_windows(x, kernel, strides, dilations, out))

@@ -1,7 +1,6 @@
 """gc.from_onnx on small models built with onnx.helper: names, dims, params, folding, refusals, the CLI."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import graphc as gc  # noqa: E402
+from graphc.cli import main  # noqa: E402
 from graphc.gradcheck import fd_grads, rel_error  # noqa: E402
 
 F32, F64, I64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
@@ -223,21 +223,43 @@ def test_missing_onnx_package_says_how_to_install(monkeypatch):
         gc.from_onnx("model.onnx")
 
 
-def test_cli_builds_an_onnx_model_and_its_parameters(tmp_path):
+def test_cli_builds_an_onnx_model_and_its_parameters(tmp_path, capsys):
     proto, w, b = dense()
     path = tmp_path / "dense.onnx"
     onnx.save(proto, path)
-    proc = subprocess.run([sys.executable, "-m", "graphc.cli", "build", str(path), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, check=True)
-    assert "dense_numpy.py" in proc.stdout and "dense_params.npz" in proc.stdout
+    assert main(["build", str(path), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "dense_numpy.py (run, init_params)" in printed and "dense_params.npz" in printed
     module = gc.load_module(tmp_path / "out" / "dense_numpy.py")
     params = dict(np.load(tmp_path / "out" / "dense_params.npz"))
     x = np.ones((2, 4), np.float32)
     assert np.allclose(module.run({"input_1": x, **params})["out_0"], np.maximum(x @ w.T + b, 0), rtol=1e-6)
-    shown = subprocess.run([sys.executable, "-m", "graphc.cli", "show", str(path), "-o", str(tmp_path / "d.mmd")],
-                           capture_output=True, text=True)
-    assert shown.returncode == 0 and (tmp_path / "d.mmd").read_text().count("fc_weight") >= 1
+    assert main(["show", str(path), "-o", str(tmp_path / "d.mmd")]) == 0
+    assert "fc_weight" in (tmp_path / "d.mmd").read_text()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    proc = subprocess.run([sys.executable, "-m", "graphc.cli", "build", str(bad)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "not a readable ONNX model" in proc.stderr
+    assert main(["build", str(bad)]) == 2
+    assert f"graphc build: {bad}: not a readable ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op, fn", [("And", np.logical_and), ("Or", np.logical_or), ("Xor", np.logical_xor)])
+def test_logical_ops(op, fn):
+    nodes = [helper.make_node(op, ["a", "b"], ["y"]), helper.make_node("Not", ["y"], ["z"])]
+    bools = [tensor("a", TensorProto.BOOL, [2, 2]), tensor("b", TensorProto.BOOL, [2])]
+    g = gc.from_onnx(model(nodes, bools, [tensor("y", TensorProto.BOOL, None), tensor("z", TensorProto.BOOL, None)]))
+    a, b = np.array([[0, 1], [1, 1]], bool), np.array([0, 1], bool)
+    out = gc.compile(g).run({"a": a, "b": b})
+    assert out["y"].dtype == bool and np.array_equal(out["y"], fn(a, b)) and np.array_equal(out["z"], ~fn(a, b))
+
+
+def test_dim_arithmetic_folds():
+    """x.view(x.size(0) * x.size(1), -1): a product of the batch dim and a known dim."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], end=2),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Slice", ["s", "one", "two"], ["c"]),
+             helper.make_node("Mul", ["n", "c"], ["rows"]),
+             helper.make_node("Concat", ["rows", "minus_one"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    consts = [init("zero", [0]), init("one", [1]), init("two", [2]), init("minus_one", [-1])]
+    g = gc.from_onnx(model(nodes, [tensor("x", F32, ["batch", 3, 4])], [tensor("y", F32, None)], consts))
+    assert [str(d) for d in g.nodes[g.outputs["y"]].shape] == ["3*m", "4"]
