@@ -263,3 +263,96 @@ def test_dim_arithmetic_folds():
     consts = [init("zero", [0]), init("one", [1]), init("two", [2]), init("minus_one", [-1])]
     g = gc.from_onnx(model(nodes, [tensor("x", F32, ["batch", 3, 4])], [tensor("y", F32, None)], consts))
     assert [str(d) for d in g.nodes[g.outputs["y"]].shape] == ["3*m", "4"]
+
+
+# -- convolution and pooling geometry against a loop-by-loop reading of the ONNX spec --------------------------------
+def spec_pads(n, span, strides, auto, pads):
+    """((lo, hi), …) per axis; SAME gives ceil(n / s) outputs, the odd pixel after (UPPER) or before (LOWER)."""
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        totals = [max((-(-size // s) - 1) * s + k - size, 0) for size, k, s in zip(n, span, strides)]
+        return [(t // 2, t - t // 2) if auto == "SAME_UPPER" else (t - t // 2, t // 2) for t in totals]
+    r = len(n)
+    return [(0, 0)] * r if auto == "VALID" else [(pads[i], pads[i + r]) for i in range(r)]
+
+
+def spec_pool(x, op, kernel, strides, dilations, pads, ceil, include_pad):
+    """Each output: max or mean over its window's elements in the input; windows starting in the padding after
+    the input are dropped (ceil_mode); count_include_pad counts the explicit padding, not ceil_mode's overhang."""
+    n = x.shape[2:]
+    out = []
+    for size, k, s, d, (lo, hi) in zip(n, kernel, strides, dilations, pads):
+        count = (size + lo + hi - (k - 1) * d - 1) / s + 1
+        o = int(np.ceil(count) if ceil else np.floor(count))
+        out.append(o - 1 if ceil and (o - 1) * s >= size + lo else o)
+    y = np.zeros(x.shape[:2] + tuple(out))
+    for pos in np.ndindex(*out):
+        vals, padded = [], 0
+        for offset in np.ndindex(*kernel):
+            idx = [p * s - lo + o * d for p, s, (lo, _), o, d in zip(pos, strides, pads, offset, dilations)]
+            padded += all(-lo <= i < size + hi for i, size, (lo, hi) in zip(idx, n, pads))
+            if all(0 <= i < size for i, size in zip(idx, n)):
+                vals.append(x[(slice(None), slice(None), *idx)])
+        v = np.stack(vals, -1)
+        y[(..., *pos)] = v.max(-1) if op == "MaxPool" else v.sum(-1) / (padded if include_pad else len(vals))
+    return y
+
+
+def spec_conv(x, w, strides, pads):
+    xp = np.pad(x, [(0, 0), (0, 0), *pads])
+    k = w.shape[2:]
+    out = [(size - kk) // s + 1 for size, kk, s in zip(xp.shape[2:], k, strides)]
+    y = np.zeros((x.shape[0], w.shape[0], *out))
+    for pos in np.ndindex(*out):
+        window = xp[(slice(None), slice(None), *[slice(p * s, p * s + kk) for p, s, kk in zip(pos, strides, k)])]
+        y[(..., *pos)] = np.tensordot(window, w, axes=(list(range(1, x.ndim)), list(range(1, x.ndim))))
+    return y
+
+
+def random_window_op(rng):
+    """A random MaxPool, AveragePool or Conv over 1 to 3 spatial axes, its attributes and its spec pads."""
+    op = str(rng.choice(["MaxPool", "AveragePool", "Conv"]))
+    r = int(rng.integers(1, 3 if op == "Conv" else 4))
+    n, k = [int(v) for v in rng.integers(3, 8, r)], [int(v) for v in rng.integers(1, 4, r)]
+    s = [int(v) for v in rng.integers(1, 4, r)] if rng.random() < 0.6 else [1] * r
+    d = [int(v) for v in rng.integers(1, 3, r)] if op != "Conv" and rng.random() < 0.3 else [1] * r
+    auto = str(rng.choice(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    attrs = {"strides": s, "auto_pad": auto}
+    if auto == "NOTSET":
+        attrs["pads"] = [int(v) for v in rng.integers(0, 3, 2 * r)]
+    if op != "Conv":
+        attrs.update(kernel_shape=k, dilations=d, ceil_mode=int(auto == "NOTSET" and rng.random() < 0.4))
+    if op == "AveragePool":
+        attrs["count_include_pad"] = int(rng.random() < 0.5)
+    span = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
+    pads = spec_pads(n, span, s, auto, attrs.get("pads"))
+    valid = all(size + lo + hi >= sp and max(lo, hi) < sp for size, sp, (lo, hi) in zip(n, span, pads))
+    return op, n, k, attrs, pads, valid
+
+
+def test_window_geometry_against_the_spec():
+    rng = np.random.default_rng(7)
+    outcomes = []
+    while len(outcomes) < 60:
+        op, n, k, attrs, pads, valid = random_window_op(rng)
+        if not valid:  # a window over padding only, or none at all
+            continue
+        x = rng.normal(size=(2, 2, *n)).astype(np.float32)
+        feeds, inputs = {"x": x}, [tensor("x", F32, [2, 2, *n])]
+        if op == "Conv":
+            feeds["w"] = rng.normal(size=(3, 2, *k)).astype(np.float32)
+            inputs.append(tensor("w", F32, [3, 2, *k]))
+            want = spec_conv(x.astype(np.float64), feeds["w"].astype(np.float64), attrs["strides"], pads)
+        else:
+            want = spec_pool(x.astype(np.float64), op, k, attrs["strides"], attrs["dilations"], pads,
+                             attrs["ceil_mode"], attrs.get("count_include_pad"))
+        proto = model([helper.make_node(op, list(feeds), ["y"], **attrs)], inputs, [tensor("y", F32, None)], opset=22)
+        try:
+            g = gc.from_onnx(proto)
+        except gc.GraphError as exc:  # dilated MaxPool over padding, ceil_mode far past it
+            assert op == "MaxPool" or "ceil_mode" in str(exc), exc
+            outcomes.append("refused")
+            continue
+        for got in (g.evaluate(feeds)["y"], gc.compile(g).run(feeds)["y"]):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{op} {n} {attrs}")
+        outcomes.append("ok")
+    assert outcomes.count("ok") >= 50
