@@ -89,6 +89,8 @@ def name_temporaries(lines: list[str], temps: list[str]) -> list[str]:
 
 
 def readable(text: str) -> str:
+    """Text for a one-line comment: on one line, at most 60 characters."""
+    text = " ".join(text.split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 

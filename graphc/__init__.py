@@ -2,38 +2,11 @@
 
 Declare a static graph, differentiate it symbolically, optimize it, and emit a standalone NumPy or CuPy file.
 The package's layers, each importing only the ones before it: core → dsl → ops → transforms → passes, optim →
-backends, viz → program → cli. This module is the public API: it re-exports.
+backends, viz → program (with ``api``, the public names) → cli, onnx. This module re-exports the public API.
 """
-from graphc.core.errors import GraphError
-from graphc.core.files import load_module
-from graphc.core.registry import OPS
-from graphc.core.shapes import dim
-from graphc.dsl import Tensor, const, init_params, input, param
-from graphc.ops import OPS as _REGISTERED  # noqa: F401 - importing the ops registers them
-from graphc.ops import functions
-from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
-from graphc.ops.elementwise import equal, greater, greater_equal, less, less_equal
-from graphc.ops.functions import *  # noqa: F403 - the elementwise functions, as listed in their module
-from graphc.ops.functions import abs_ as abs
-from graphc.ops.linalg import matmul
-from graphc.ops.nn import log_softmax, softmax, softmax_cross_entropy
-from graphc.ops.reduce import logsumexp, mean
-from graphc.ops.reduce import reduce_max as max
-from graphc.ops.reduce import reduce_sum as sum
-from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
-from graphc.optim import SGD
-from graphc.program import Graph, Program, compile
-from graphc.transforms.autodiff import grad
-from graphc.transforms.per_example import clipped_mean_grads, per_example_grads, per_example_norms
-from graphc.viz import render
+from graphc import api
+from graphc.api import *  # noqa: F403 - the public API, as listed in graphc.api
+from graphc.onnx import from_onnx
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile", "dim", "input", "param", "const",
-    "init_params", "grad", "load_module", "render",
-    "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
-    "sum", "mean", "max", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape", "transpose",
-    "softmax", "log_softmax", "softmax_cross_entropy", "conv2d", "max_pool2d", "avg_pool2d", "flatten",
-    "clipped_mean_grads", "per_example_grads", "per_example_norms",
-]
+__all__ = [*api.__all__, "from_onnx"]

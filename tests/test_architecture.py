@@ -25,7 +25,7 @@ LAYERS = [
     ["graphc.transforms"],
     ["graphc.passes", "graphc.optim"],
     ["graphc.backends", "graphc.viz"],
-    ["graphc.program"],
+    ["graphc.program", "graphc.api"],
     ["graphc.cli", "graphc.onnx", "graphc.dask"],
     ["graphc"],
 ]

@@ -11,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py"}
+NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py",
+                 "from_onnx.py"}
 STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
               "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
-              "per_example_grads.py"]
+              "per_example_grads.py", "from_onnx.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -42,6 +43,8 @@ def test_example_runs(name, tmp_path):
     if name in NEEDS_SKLEARN:
         pytest.importorskip("sklearn")
         pytest.importorskip("tqdm")
+    if name == "from_onnx.py":
+        pytest.importorskip("onnx")
     proc = run([EXAMPLES / name], tmp_path)
     if name == "mlp_digits.py":
         assert accuracy(proc.stdout) >= 0.97
@@ -54,6 +57,10 @@ def test_example_runs(name, tmp_path):
         assert "equals W - lr*dW: True" in proc.stdout
     if name == "softmax_gradient.py":
         assert "onehot(t))·1/m" in proc.stdout
+    if name == "from_onnx.py":
+        assert (tmp_path / "mlp_onnx_numpy.py").is_file() and "200 SGD steps from the imported weights" in proc.stdout
+        before, after = map(float, re.search(r"loss (\S+) -> (\S+),", proc.stdout).groups())
+        assert after < before
     if name == "per_example_grads.py":
         assert "DP-SGD" in proc.stdout and proc.stdout.count("<- flipped") == 3
 

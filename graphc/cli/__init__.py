@@ -7,12 +7,15 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from graphc.backends import BACKENDS
 from graphc.cli.check import check_graph, parse_dims, table
 from graphc.cli.explain import report
 from graphc.core.errors import GraphError
 from graphc.core.files import safe_write
 from graphc.core.ir import Graph
+from graphc.onnx import from_onnx
 from graphc.optim import SGD, training_graph
 from graphc.program import compile as compile_graph
 from graphc.viz import STAGES, render, render_passes, to_dot
@@ -23,10 +26,16 @@ class ModelError(Exception):
 
 
 def load_graphs(path: str, only: str | None = None) -> list[Graph]:
-    """Run MODEL.py and collect the ``gc.Graph`` objects it defines at module level."""
+    """Run MODEL.py and collect the ``gc.Graph`` objects it defines at module level; import MODEL.onnx."""
     file = Path(path)
     if not file.is_file():
         raise ModelError(f"{path}: no such file")
+    if file.suffix == ".onnx":
+        try:
+            return [from_onnx(file)]
+        except GraphError as exc:
+            message = str(exc)
+            raise ModelError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
     try:
         namespace = runpy.run_path(str(file), run_name="__graphc_model__")
     except GraphError as exc:
@@ -104,6 +113,10 @@ def build(args) -> int:
         path = safe_write(Path(args.out) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
         steps = "run, init_params" + (", train_step" if "def train_step" in prog.source else "")
         print(f"wrote {path} ({steps})")
+        if getattr(g, "initial_params", None):  # an imported model's trained weights
+            params = Path(args.out) / f"{g.name}_params.npz"
+            np.savez(params, **g.initial_params)
+            print(f"wrote {params} (the model's parameters: params = dict(np.load(path)))")
     return 0
 
 

@@ -37,7 +37,7 @@ def _describe_const(node, names) -> str:
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if arr.size > 4:
         return f"const {shapes.fmt_x(shape)} array"
-    return "const " + (np.array2string(arr, separator=", ") if arr.ndim else str(arr.item()))
+    return "const " + (" ".join(np.array2string(arr, separator=", ").split()) if arr.ndim else str(arr.item()))
 
 
 defop("input", infer=_source_infer, impl=_fed, source="input", describe=lambda node, names: "input")
