@@ -69,12 +69,13 @@ def _buffers(cache, dims, allocate, keep=4):
     return B
 
 
-def _check_classes(labels, classes, name, op):
+def _check_classes(labels, classes, name):
     """Raise ValueError where integer class ids fall outside 0 … classes − 1 (they would index another row)."""
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
-            raise ValueError(f"{op}: {name} holds the class id {low if low < 0 else high}, outside 0..{classes - 1}")
+            raise ValueError(f"{name} holds the class id {low if low < 0 else high}, outside the classes "
+                             f"0..{classes - 1}")
 
 
 
