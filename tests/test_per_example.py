@@ -445,7 +445,7 @@ def test_cupy_backend_emits_per_example_grads_and_dp_sgd():
     source = gc.compile(g, backend="cupy", loss="loss", optimizer=sgd).source
     ast.parse(source)
     assert source.count("cp.random.default_rng(3)") == 1  # one device generator for every param's noise
-    assert ".standard_normal(dtype=cp.float32, out=" in source  # drawn into planned buffers
+    assert ".standard_normal(dtype=cp.float64, out=B[" in source  # drawn into planned buffers
     assert source == gc.compile(g, backend="cupy", loss="loss", optimizer=sgd).source
 
 
