@@ -196,6 +196,8 @@ class FunctionEmitter:
 
     def body(self, w: CodeWriter) -> None:
         p = self.plan
+        if self.module.check_numerics:
+            w.line(self.module.numerics_begin())
         for nid in p.order:
             node = self.graph.nodes[nid]
             if OPS[node.op].fed:
@@ -226,6 +228,8 @@ class FunctionEmitter:
                 for text in st.lines:
                     w.line(text)
             self._check_numerics(w, node, name)
+        if self.module.check_numerics:
+            w.line(self.module.numerics_end())
         for nid, param in self.deferred.items():
             w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
                    "above read it")
@@ -251,7 +255,7 @@ class FunctionEmitter:
     def _check_numerics(self, w: CodeWriter, node, value: str) -> None:
         """With check_numerics, stop at the first float node whose value holds a NaN or an Inf."""
         if self.module.check_numerics and node.dtype.startswith("float"):
-            w.line(f"_check_finite({value!r}, {describe(node, self.var)!r}, {value})")
+            w.line(self.module.numerics_check(value, readable(describe(node, self.var))))
 
     def allocation(self) -> list[str]:
         lines = []
@@ -294,6 +298,17 @@ class ModuleEmitter:
     def dtype(self, dtype: str) -> str:
         """A dtype as the array module spells it."""
         return f"{self.XP}.{dtype}"
+
+    def numerics_begin(self) -> str:
+        """With check_numerics: the statement opening a function's checks (NumPy checks each value at once)."""
+        return ""
+
+    def numerics_check(self, value: str, what: str) -> str:
+        return f"_check_finite({value!r}, {what!r}, {value})"
+
+    def numerics_end(self) -> str:
+        """The statement closing a function's checks, before any param is written."""
+        return ""
 
     def class_check(self, labels: str, classes: str, name: str) -> str:
         """The statement checking that the class ids ``labels`` lie in 0 … classes − 1."""

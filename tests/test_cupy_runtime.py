@@ -123,3 +123,19 @@ def test_gpu_steady_state_step_allocates_nothing_and_never_waits_on_the_host(nam
 def test_gpu_step_runs_at_most_one_device_operation_per_graph_node(name):
     step, nodes = step_costs(cupy_or_skip(), name)
     assert step["device_ops"] <= nodes, f"{step['device_ops']} device operations for {nodes} nodes: {step}"
+
+
+@pytest.mark.gpu
+def test_gpu_check_numerics_names_the_value_and_writes_no_param():
+    cp = cupy_or_skip()
+    with gc.Graph("fit") as g:
+        x = gc.input("x", (m, 2), dtype="float64")
+        w = gc.param("w", (2,), dtype="float64", init="ones")
+        g.output(loss=gc.mean(gc.log(x * w)))
+    prog = gc.compile(g, backend="cupy", loss="loss", check_numerics=True)
+    params = prog.init_params()
+    prog.train_step(params, {"x": np.ones((3, 2))})
+    before = cp.asnumpy(params["w"]).copy()
+    with pytest.raises(FloatingPointError, match=r"log\(.*produced NaN or Inf"):
+        prog.train_step(params, {"x": -np.ones((3, 2))})
+    np.testing.assert_array_equal(cp.asnumpy(params["w"]), before)

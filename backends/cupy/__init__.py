@@ -11,7 +11,7 @@ from graphc.backends.codewriter import CodeWriter, Names
 from graphc.backends.cupy import conv  # noqa: F401 - registers the conv and pooling kernels
 from graphc.backends.cupy.kernels import C_TYPES, OUTSIDE, Kernel
 from graphc.backends.cupy.lowering import LOWERINGS
-from graphc.backends.cupy.runtime import _check_classes, _check_finite, _device, _write_back
+from graphc.backends.cupy.runtime import _check_classes, _check_finite, _device, _finite, _write_back
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 
 __all__ = ["C_TYPES", "ModuleEmitter"]
@@ -24,7 +24,7 @@ class ModuleEmitter(emitter.ModuleEmitter):
     LOWERINGS = LOWERINGS
     RUNTIME = (*(f for f in emitter.ModuleEmitter.RUNTIME if f.__name__ != "_check_classes"), _check_classes,
                _device, _write_back)
-    NUMERICS = (_check_finite,)
+    NUMERICS = (_finite, _check_finite)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,6 +50,15 @@ class ModuleEmitter(emitter.ModuleEmitter):
 
     def dtype(self, dtype: str) -> str:
         return "cp.bool_" if dtype == "bool" else f"cp.{dtype}"  # cp.bool exists from CuPy 14 only
+
+    def numerics_begin(self) -> str:
+        return "_checks = []  # check_numerics: one flag per value, read back once"
+
+    def numerics_check(self, value: str, what: str) -> str:
+        return f"_checks.append(({value!r}, {what!r}, _finite({value})))"
+
+    def numerics_end(self) -> str:
+        return "_check_finite(_checks)"
 
     def class_check(self, labels: str, classes: str, name: str) -> str:
         """Counted on the device by one reduction; only its result is read back."""

@@ -13,12 +13,12 @@ from graphc.ops.elementwise import Where, arg
 LOWERINGS = Lowerings(NUMPY_LOWERINGS)
 
 
-def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None) -> str:
-    """Registers the kernel for ``expr`` (over the node's inputs, or ``args`` of ``dtypes``) with the module;
-    returns the call's argument list text."""
+def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1) -> str:
+    """Registers the kernel for ``expr`` (over the node's inputs, or ``args`` of ``dtypes``; a reduction's result
+    times ``post``) with the module; returns the call's argument list text."""
     args = st.args if args is None else args
     dtypes = [st.fn.graph.nodes[i].dtype for i in st.node.inputs] if dtypes is None else dtypes
-    kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype)
+    kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype, post)
     name = st.module.kernel(kernel, kernel_label(expr, st.node.phase))
     return f"{name}({', '.join([*args, *(st.fn.dim_names.get(s, s.name) for s in scalars)])}"
 
@@ -35,11 +35,13 @@ def _sum_ew(st):
     axes = n.attr("axes")
     axes, keep = axes[0] if len(axes) == 1 else axes, n.attr("keepdims")
     if any(tuple(st.fn.graph.nodes[i].shape) == full for i in n.inputs):  # inputs span the reduced shape
-        call = _launch(st, "reduction", n.attr("expr"), n.dtype)
+        call = _launch(st, "reduction", n.attr("expr"), n.dtype, post=n.attr("scale"))
         return st.line(f"{call}, axis={axes!r}, keepdims={keep}, out={st.out})")
     tmp = st.scratch(n.dtype, full)  # broadcast beyond every input: materialize, then reduce
     st.line(f"{_launch(st, 'elementwise', n.attr('expr'), n.dtype)}, {tmp})")
     st.line(st.module.reduce("add", tmp, axes, keep, st.out))
+    if n.attr("scale") != 1:
+        st.line(f"{_launch(st, 'elementwise', n.attr('scale') * arg(0), n.dtype, [st.out], [n.dtype])}, {st.out})")
     return None
 
 

@@ -2,11 +2,18 @@
 this package imports no CuPy."""
 
 
-def _check_finite(name, what, value):
-    """Raise FloatingPointError naming the value that is not finite and what computed it (check_numerics)."""
-    if not bool(cp.all(cp.isfinite(value))):
-        bad = "NaN" if bool(cp.any(cp.isnan(value))) else "Inf"
-        raise FloatingPointError(f"{name} = {what} produced {bad}")
+def _finite(value):
+    """A device flag: every element of ``value`` is finite (nothing is read back yet)."""
+    return cp.all(cp.isfinite(value))
+
+
+def _check_finite(checks):
+    """Raise FloatingPointError naming the first value that is not finite and what computed it (check_numerics):
+    the flags of a whole call come back to the host at once."""
+    flags = cp.stack([flag for _, _, flag in checks]).get() if checks else ()
+    for (name, what, _), ok in zip(checks, flags):
+        if not ok:
+            raise FloatingPointError(f"{name} = {what} produced NaN or Inf")
 
 
 def _device(arrays):

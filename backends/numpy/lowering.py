@@ -61,13 +61,19 @@ def _sum_ew(st):
     a0, a1 = sympy.Symbol("_0", real=True), sympy.Symbol("_1", real=True)
     ins = [st.fn.graph.nodes[i] for i in n.inputs]
     pair = [st.args[0], st.args[1]] if expr == a0 * a1 else [st.args[0]] * 2 if expr == a0**2 else None
-    if pair and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
+    spans = all(tuple(i.shape) == tuple(full) for i in ins)
+    if pair and not n.attr("keepdims") and spans:
         letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
         kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
-        return st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
-    tmp = st.scratch(n.dtype, full)
-    _chain(st, expr, tmp, full)
-    st.line(st.module.reduce("add", tmp, _axes(n), n.attr('keepdims'), st.out))
+        st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
+    elif expr == a0 and spans:  # a plain sum
+        st.line(st.module.reduce("add", st.args[0], _axes(n), n.attr('keepdims'), st.out))
+    else:
+        tmp = st.scratch(n.dtype, full)
+        _chain(st, expr, tmp, full)
+        st.line(st.module.reduce("add", tmp, _axes(n), n.attr('keepdims'), st.out))
+    if n.attr("scale") != 1:
+        st.line(f"{st.xp}.multiply({st.out}, {st.value(n.attr('scale'))}, out={st.out})  # the scale, on the result")
 
 
 def _rows(st, ufunc: str, a: str, row: str, out: str, shape=None) -> None:

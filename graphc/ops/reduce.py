@@ -5,7 +5,7 @@ import numpy as np
 import sympy
 
 from graphc.core import shapes
-from graphc.core.describe import axes_text, expression
+from graphc.core.describe import axes_text, expression, value
 from graphc.core.dtypes import is_float
 from graphc.core.registry import check_axes, defop, fail, reduced_shape
 from graphc.dsl import Tensor, apply
@@ -106,7 +106,7 @@ def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     return ew(arg(0) / count, [reduce_sum(x, axes, keepdims)], "mean")
 
 
-# -- sum of an elementwise expression: made by the fuse_reductions pass, after differentiation --------
+# -- scale·sum of an elementwise expression: made by the fuse_reductions pass, after differentiation --------
 def _sum_ew_infer(nodes, attrs):
     return reduced_shape(attrs["ew_shape"], attrs["axes"], attrs["keepdims"]), nodes[0].dtype
 
@@ -116,13 +116,15 @@ def _sum_ew_impl(node, env, *args):
     values.update(env)
     with np.errstate(all="ignore"):
         full = np.broadcast_to(interpret(node.attr("expr"), values), shapes.evaluate(node.attr("ew_shape"), env))
-    return np.sum(full, axis=node.attr("axes"), keepdims=node.attr("keepdims")).astype(node.dtype)
+    total = np.sum(full, axis=node.attr("axes"), keepdims=node.attr("keepdims"))
+    return (total * float(node.attr("scale").subs(env))).astype(node.dtype)
 
 
 def _describe_sum_ew(node, names) -> str:
     keep = ", keepdims" if node.attr("keepdims") else ""
-    return f"sum({expression(node.attr('expr'), [names[i] for i in node.inputs])}, {axes_text(node.attr('axes'))}" \
-           f"{keep})"
+    total = f"sum({expression(node.attr('expr'), [names[i] for i in node.inputs])}, {axes_text(node.attr('axes'))}" \
+            f"{keep})"
+    return total if node.attr("scale") == 1 else f"{total}·{value(node.attr('scale'))}"
 
 
 defop("sum_ew", infer=_sum_ew_infer, impl=_sum_ew_impl, describe=_describe_sum_ew)

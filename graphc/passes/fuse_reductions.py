@@ -1,15 +1,20 @@
 """Reduction fusion."""
+import sympy
+
 from graphc.core.ir import Rebuild
+from graphc.ops.elementwise import arg
+from graphc.passes.scale import scalar_factor
 
 
 def fuse_reductions(graph, notes):
-    """sum(ew(x…), axes) -> sum_ew(x…; expr, axes)
+    """sum(ew(x…), axes) -> sum_ew(x…; expr, axes); c·sum(…) -> sum_ew(…; scale c)
 
     An elementwise group read only by a sum becomes one node, so backends can reduce without keeping the
     full-size product (NumPy: ``einsum``/``out=``; CuPy: one ReductionKernel). Bias gradients
-    ``sum(relu_mask·dh, axis=0)`` and ``mean((y−t)²)`` take this form.
+    ``sum(relu_mask·dh, axis=0)`` and ``mean((y−t)²)`` take this form. A scalar factor applied to the sum alone
+    (the ``1/m`` of a mean) rides on the reduced result: on CuPy the kernel's last step.
     """
-    def rule(rb, node):
+    def fused_sum(rb, node):
         (old,) = node.inputs
         src = rb.node(rb.arg(old))
         if src.op != "ew" or not graph.single_use(old):
@@ -17,6 +22,22 @@ def fuse_reductions(graph, notes):
         notes.note(f"fused {graph.display_name(old)} into the sum {graph.display_name(node.id)}")
         return rb.add(node, "sum_ew", list(src.inputs), {
             "expr": src.attr("expr"), "axes": node.attr("axes"), "keepdims": node.attr("keepdims"),
-            "ew_shape": src.shape})
+            "ew_shape": src.shape, "scale": sympy.S.One})
 
-    return Rebuild(graph).run({"sum": rule})
+    def scaled_sum(rb, node):
+        c = scalar_factor(graph, node)
+        if c is None:
+            return None
+        (old,) = node.inputs
+        if graph.nodes[old].op != "sum" or not graph.single_use(old):
+            return None
+        total = rb.node(rb.arg(old))
+        if total.op == "sum":  # a sum of a shared tensor: its elements as they are
+            attrs = {"expr": arg(0), "axes": total.attr("axes"), "keepdims": total.attr("keepdims"),
+                     "ew_shape": rb.node(total.inputs[0]).shape, "scale": c}
+        else:
+            attrs = {**dict(total.attrs), "scale": total.attr("scale") * c}
+        notes.note(f"the factor {c} of {graph.display_name(node.id)} rides on the sum {graph.display_name(old)}")
+        return rb.add(node, "sum_ew", list(total.inputs), attrs)
+
+    return Rebuild(graph).run({"sum": fused_sum, "ew": scaled_sum})

@@ -154,6 +154,11 @@ def concatenate(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):
     return out
 
 
+def stack(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):
+    """``concatenate`` of the arrays with a new axis, as CuPy builds it."""
+    return concatenate([expand_dims(a, axis) for a in tup], axis, out, dtype=dtype, casting=casting)
+
+
 # -- copies, indexing --------------------------------------------------------------------------------------
 def copyto(dst, src, casting="same_kind", where=None):
     """Broadcasting copy as CuPy's: host scalars and one-element host arrays only, ``where=`` a device bool array."""
