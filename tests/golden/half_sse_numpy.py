@@ -114,7 +114,6 @@ def _compute_allocate(m):
     B = [
         np.empty((m, 2), np.float64),  # y
         np.empty((m, 2), np.float64),  # dy
-        np.empty((), np.float64),  # sum_ew
         np.empty((), np.float64),  # loss
         np.empty((3, 2), np.float64),  # dW
     ]
@@ -125,10 +124,11 @@ _compute_cache = threading.local()
 def _compute(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
+    loss = B[2]  # sum(dy**2, axis=(0, 1))·1/2  scalar
+    np.einsum('ab,ab->', dy, dy, out=loss)
+    np.multiply(loss, 1/2, out=loss)  # the scale, on the result
     transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
+    dW = np.matmul(transpose, dy, out=B[3])  # transpose @ dy  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -137,7 +137,6 @@ def _train_allocate(m):
     B = [
         np.empty((m, 2), np.float64),  # y
         np.empty((m, 2), np.float64),  # dy
-        np.empty((), np.float64),  # sum_ew
         np.empty((), np.float64),  # loss
         np.empty((3, 2), np.float64),  # dW
         np.empty((3, 2), np.float64),  # scratch
@@ -149,13 +148,14 @@ _train_cache = threading.local()
 def _train(B, m, x, t, W, lr):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
+    loss = B[2]  # sum(dy**2, axis=(0, 1))·1/2  scalar
+    np.einsum('ab,ab->', dy, dy, out=loss)
+    np.multiply(loss, 1/2, out=loss)  # the scale, on the result
     transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
+    dW = np.matmul(transpose, dy, out=B[3])  # transpose @ dy  3×2
     # W - dW*lr  3×2 (update of W, in place)
-    np.multiply(dW, lr, out=B[5])
-    np.subtract(W, B[5], out=W)
+    np.multiply(dW, lr, out=B[4])
+    np.subtract(W, B[4], out=W)
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 def run(feeds, copy=True):
