@@ -1,4 +1,5 @@
-"""Diagrams of a graph at any stage: DOT and Mermaid text, SVG and PNG through Graphviz's ``dot`` program.
+"""Diagrams of a graph at any stage: DOT and Mermaid text, SVG and PNG through Graphviz's ``dot`` program or
+graphviz-pure, its self-contained port (``pip install "graphc[diagrams]"``).
 
 Inputs, params and constants have shapes of their own, outputs a double border, compute nodes the colour of
 their phase; edges carry the symbolic shape of the value they move. Where forward and backward nodes mix, the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import shutil
 import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ DOT_SHAPES = {"input": "invhouse", "param": "cylinder", "const": "note", "fill":
 MERMAID_SHAPES = {"input": ('[/"', '"/]'), "param": ('[("', '")]'), "const": ('{{"', '"}}'),
                   "fill": ('{{"', '"}}'), "op": ('("', '")'), "output": ('[["', '"]]')}
 CHANGED = "#dc2626"  # outline of the nodes a pass rewrote
-FONT = "Helvetica,Arial,sans-serif"
+FONT = "Helvetica"  # a name every layout program has metrics for
 WRAP = 44  # characters per label line
 MAX_LINES = 6  # per expression: fused kernels can be long
 MAX_NOTES = 8  # rewrites listed under a pass's title
@@ -306,17 +308,34 @@ def file_format(path) -> str:
     return FORMATS[suffix]
 
 
+# Layout programs, best first: Graphviz's own `dot`, else graphviz-pure (a self-contained port of dot from
+# PyPI, `pip install "graphc[diagrams]"`), which needs no system libraries and takes dot's flags.
+LAYOUT_PROGRAMS = ("dot", "graphviz-pure")
+INSTALL_HINT = ('Install one: `pip install "graphc[diagrams]"` (graphviz-pure, a self-contained port of dot: no '
+                "system libraries), or Graphviz itself: `sudo apt-get install graphviz` (Debian/Ubuntu), "
+                "`brew install graphviz` (macOS) or `conda install graphviz`. A .dot or .mmd (Mermaid) file needs "
+                "neither.")
+
+
+def layout_program() -> str | None:
+    """The path of the first layout program found: on PATH, or beside the running Python (a virtual
+    environment's bin folder, where pip puts graphviz-pure, even when the environment is not activated)."""
+    for name in LAYOUT_PROGRAMS:
+        found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+        if found:
+            return found
+    return None
+
+
 def graphviz(source: str, fmt: str, what: str) -> bytes:
-    """``source`` (DOT) laid out and drawn by Graphviz's ``dot`` program as ``fmt`` (svg, png)."""
-    exe = shutil.which("dot")
+    """``source`` (DOT) laid out and drawn as ``fmt`` (svg, png) by the layout program found."""
+    exe = layout_program()
     if exe is None:
-        raise GraphError(
-            f"drawing {what} as {fmt.upper()} needs Graphviz's `dot` program, which is not installed (not on "
-            "PATH). Install Graphviz: `sudo apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` "
-            "(macOS) or `conda install graphviz`. A .dot or .mmd (Mermaid) file needs no Graphviz.")
+        raise GraphError(f"drawing {what} as {fmt.upper()} needs a Graphviz layout program; neither "
+                         f"{' nor '.join(f'`{p}`' for p in LAYOUT_PROGRAMS)} is installed. {INSTALL_HINT}")
     done = subprocess.run([exe, f"-T{fmt}"], input=source.encode(), capture_output=True, check=False)
     if done.returncode != 0:
-        raise GraphError(f"Graphviz `dot` failed drawing {what}: {done.stderr.decode(errors='replace').strip()}")
+        raise GraphError(f"{Path(exe).name} failed drawing {what}: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout
 
 
