@@ -18,12 +18,13 @@ import numpy as np
 import sympy
 
 from graphc.backends import runtime
-from graphc.backends.codewriter import CodeWriter, Names
+from graphc.backends.codewriter import CodeWriter
 from graphc.backends.schedule import deferred_updates, plan
 from graphc.core import shapes
 from graphc.core.describe import describe
 from graphc.core.errors import GraphError
 from graphc.core.initializers import init_array
+from graphc.core.naming import dim_names
 from graphc.core.registry import OPS
 
 
@@ -120,25 +121,13 @@ class FunctionEmitter:
             late = set(updates)
         self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
         self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
-        names = Names(module.dim_vars.values())
-        for name, nid in {**graph.inputs, **graph.params}.items():
-            self.var[nid] = names.fresh(name)  # the user's name, unless the module needs it (np, B, lr, a keyword)
-        for nid in sorted(needed):
-            if nid not in self.var:
-                wanted = f"new_{self.deferred[nid]}" if nid in self.deferred else self._wanted(graph.nodes[nid])
-                self.var[nid] = names.fresh(wanted)
-        self.names = names
+        named = graph.names()  # one naming: a variable has the name diagrams and graphc explain show
+        for nid in (*graph.inputs.values(), *graph.params.values(), *sorted(needed)):
+            self.var[nid] = named[nid]
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
-
-    def _wanted(self, node) -> str:
-        if node.name:
-            return node.name
-        if node.op == "ew":
-            return expr_label(node.attr("expr"))
-        return OPS[node.op].var or node.op
 
     def _computed(self, node) -> bool:
         """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""
@@ -272,8 +261,7 @@ class ModuleEmitter:
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.dims = graph.dims()
-        names = Names()
-        self.dim_vars = {d: names.fresh(d.name) for d in self.dims}  # a dim's variable in the module's functions
+        self.dim_vars = dim_names(self.dims)  # a dim's variable in the module's functions
         self.constants: dict = {}
         self.check_numerics = check_numerics
         self.helper_functions: list = []  # functions the statements call (e.g. erf): copied into the module

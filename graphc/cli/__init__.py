@@ -158,6 +158,9 @@ def _show_args(parser) -> None:
     parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
     parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
+    parser.add_argument("--collapse", action="store_true",
+                        help="draw the middle of each run of 3 or more repeated layers (W1, W2, … alike) as one node "
+                             "per phase (SVG, PNG, DOT)")
 
 
 @command("show", _show_args)
@@ -172,10 +175,11 @@ def show(args) -> int:
             path = Path(args.output)
             if len(graphs) > 1:  # one file per graph
                 path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
-            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi)
+            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi, collapse=args.collapse)
             print(f"wrote {path}")
         elif not args.each_pass:
-            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi), end="")
+            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi, collapse=args.collapse),
+                  end="")
         if args.each_pass:
             folder = Path(args.each_pass) / g.name if len(graphs) > 1 else Path(args.each_pass)
             fmt = "mermaid" if args.format == "mmd" else args.format

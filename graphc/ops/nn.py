@@ -167,5 +167,6 @@ def _describe_xent_grad(node, names) -> str:
     return f"(softmax({z}) - onehot({t}))·{expression(node.attr('scale'), rest)}"
 
 
-defop("softmax_xent_grad", infer=_xent_grad_infer, impl=_xent_grad_impl, var="dlogits",
+defop("softmax_xent_grad", infer=_xent_grad_infer, impl=_xent_grad_impl,
+      var=lambda node, ins, names: f"d{names[node.inputs[0]]}",
       class_ids=lambda node, ins: [(1, ins[0].shape[-1])], describe=_describe_xent_grad)

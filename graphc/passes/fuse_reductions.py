@@ -15,8 +15,10 @@ def fuse_reductions(graph, notes):
         if src.op != "ew" or not graph.single_use(old):
             return None
         notes.note(f"fused {graph.display_name(old)} into the sum {graph.display_name(node.id)}")
-        return rb.add(node, "sum_ew", list(src.inputs), {
+        new_id = rb.add(node, "sum_ew", list(src.inputs), {
             "expr": src.attr("expr"), "axes": node.attr("axes"), "keepdims": node.attr("keepdims"),
             "ew_shape": src.shape})
+        rb.absorb(new_id, old)
+        return new_id
 
     return Rebuild(graph).run({"sum": rule})

@@ -113,7 +113,7 @@ def _compute_allocate(m):
     B = [
         np.empty((m, 2), np.float64),  # y
         np.empty((m, 2), np.float64),  # dy
-        np.empty((), np.float64),  # sum_ew
+        np.empty((), np.float64),  # sum_all
         np.empty((), np.float64),  # loss
         np.empty((3, 2), np.float64),  # dW
     ]
@@ -124,10 +124,10 @@ _compute_cache = threading.local()
 def _compute(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
-    transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
+    sum_all = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_all, 1/2, out=B[3])  # sum_all/2  scalar
+    xT = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(xT, dy, out=B[4])  # xT @ dy  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -136,7 +136,7 @@ def _train_allocate(m):
     B = [
         np.empty((m, 2), np.float64),  # y
         np.empty((m, 2), np.float64),  # dy
-        np.empty((), np.float64),  # sum_ew
+        np.empty((), np.float64),  # sum_all
         np.empty((), np.float64),  # loss
         np.empty((3, 2), np.float64),  # dW
         np.empty((3, 2), np.float64),  # scratch
@@ -148,10 +148,10 @@ _train_cache = threading.local()
 def _train(B, m, x, t, W, lr):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
-    loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
-    transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
+    sum_all = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    loss = np.multiply(sum_all, 1/2, out=B[3])  # sum_all/2  scalar
+    xT = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(xT, dy, out=B[4])  # xT @ dy  3×2
     # W - dW*lr  3×2 (update of W, in place)
     np.multiply(dW, lr, out=B[5])
     np.subtract(W, B[5], out=W)
