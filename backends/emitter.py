@@ -114,6 +114,7 @@ class FunctionEmitter:
         self.var: dict[int, str] = {}
         self.helpers: dict[str, tuple] = {}
         self.checked: set = set()  # (labels, classes) already checked in this function
+        self.lines: dict[int, tuple[int, int]] = {}  # node id -> [start, end) of its lines in the body
         needed = graph.needed(graph.roots())
         updates = {nid: name for name, nid in graph.updates.items()}
         late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
@@ -182,40 +183,60 @@ class FunctionEmitter:
         return "{" + ", ".join(items) + "}"
 
     def body(self, w: CodeWriter) -> None:
-        p = self.plan
-        for nid in p.order:
-            node = self.graph.nodes[nid]
-            if OPS[node.op].fed:
-                continue
-            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
-            name = self.var[nid]
-            if node.op == "const":
-                w.line(f"{name} = {self.module.constant(node)}  {comment}")
-                continue
-            self._check_classes(w, node)
-            st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
-            if OPS[node.op].view:
-                w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
-                continue
-            st.out = self.updates.get(nid) or name
-            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
-            if nid in self.updates:
-                w.line(f"{comment} (update of {st.out}, in place)")
-                for text in st.lines:
-                    w.line(text)
-                self._check_numerics(w, node, st.out)
-                continue
-            buf = f"B[{p.buffer_of[nid]}]"
-            if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
-                w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
-            else:
-                w.line(f"{name} = {buf}  {comment}")
-                for text in st.lines:
-                    w.line(text)
-            self._check_numerics(w, node, name)
+        for nid in self.plan.order:
+            start = len(w.lines)
+            self._statement(w, nid)
+            if len(w.lines) > start:
+                self.lines[nid] = (start, len(w.lines))  # for the explorer: the lines computing each node
         for nid, param in self.deferred.items():
             w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
                    "above read it")
+
+    def _statement(self, w: CodeWriter, nid: int) -> None:
+        """The statements computing one node (none for a fed one)."""
+        p, node = self.plan, self.graph.nodes[nid]
+        if OPS[node.op].fed:
+            return
+        comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
+        name = self.var[nid]
+        if node.op == "const":
+            w.line(f"{name} = {self.module.constant(node)}  {comment}")
+            return
+        self._check_classes(w, node)
+        st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
+        if OPS[node.op].view:
+            w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
+            return
+        st.out = self.updates.get(nid) or name
+        st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
+        if nid in self.updates:
+            w.line(f"{comment} (update of {st.out}, in place)")
+            for text in st.lines:
+                w.line(text)
+            self._check_numerics(w, node, st.out)
+            return
+        buf = f"B[{p.buffer_of[nid]}]"
+        if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
+            w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
+        else:
+            w.line(f"{name} = {buf}  {comment}")
+            for text in st.lines:
+                w.line(text)
+        self._check_numerics(w, node, name)
+
+    def storage(self, nid: int) -> str:
+        """Where a node's value lives in the generated function: its buffer, the param it updates in place, the
+        storage it is a view of, or what feeds it."""
+        node = self.graph.nodes[nid]
+        if nid in self.plan.buffer_of:
+            return f"B[{self.plan.buffer_of[nid]}]"
+        if nid in self.updates:
+            return f"{self.updates[nid]} (in place)"
+        if OPS[node.op].view:
+            return f"a view of {self.storage(self.plan.storage[nid])}"
+        if OPS[node.op].fed:
+            return f"{self.var[nid]} (fed)"
+        return OPS[node.op].source or "none"
 
     def _check_classes(self, w: CodeWriter, node) -> None:
         """Before the first op reading integer class ids, a check that they index existing classes."""
@@ -243,6 +264,19 @@ class FunctionEmitter:
         return lines
 
 
+class Emitted:
+    """Where the nodes of one generated function are: for the explorer (``graphc explore``).
+
+    ``graph`` the graph it computes, ``names`` its variables by node id (the graph's names), ``lines`` node id ->
+    (first, last) line number in the module (1-based), ``storage`` node id -> where the value lives (``B[3]``).
+    """
+
+    def __init__(self, fe: FunctionEmitter, offset: int):
+        self.graph, self.names = fe.graph, dict(fe.var)
+        self.lines = {nid: (offset + a + 1, offset + b) for nid, (a, b) in fe.lines.items()}
+        self.storage = {nid: fe.storage(nid) for nid in fe.var}
+
+
 class ModuleEmitter:
     """The whole generated module: docstring, checks, buffers, run / init_params / train_step, helpers.
 
@@ -265,6 +299,7 @@ class ModuleEmitter:
         self.constants: dict = {}
         self.check_numerics = check_numerics
         self.helper_functions: list = []  # functions the statements call (e.g. erf): copied into the module
+        self.emitted: dict[str, Emitted] = {}  # function name -> where its nodes are, once source() ran
 
     @staticmethod
     def printer(names):
@@ -363,6 +398,7 @@ class ModuleEmitter:
             args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers])
             w.line("")
             with w.block(f"def {fname}({args}):"):
+                self.emitted[fname] = Emitted(fe, len(w.lines))
                 w.lines.extend(body[fname].lines)
                 outs = ", ".join(f"{n!r}: {fe.var[i]}" for n, i in fe.graph.outputs.items())
                 w.line(f"return {{{outs}}}")

@@ -1,4 +1,5 @@
-"""The command line: ``graphc build | show | check | explain MODEL.py`` (the top layer: it may use every other)."""
+"""The command line: ``graphc build | show | check | explain | explore MODEL.py`` (the top layer: it may use
+every other)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from pathlib import Path
 from graphc.backends import BACKENDS
 from graphc.cli.check import check_graph, parse_dims, table
 from graphc.cli.explain import report
+from graphc.cli.explore import explore as write_explorer
 from graphc.core.errors import GraphError
 from graphc.core.files import safe_write
 from graphc.core.ir import Graph
@@ -112,6 +114,26 @@ def explain(args) -> int:
     """Print what each optimization pass did, and the cost of the emitted code."""
     for g in load_graphs(args.model, args.graph):
         print(report(g, _compile(g, args)))
+    return 0
+
+
+def _explore_args(p) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="the HTML file (default: <graph>_explore.html)")
+    _compile_args(p)
+
+
+@command("explore", _explore_args)
+def explore(args) -> int:
+    """Write one self-contained HTML page walking through the compilation: stages, passes, code, buffers."""
+    graphs = load_graphs(args.model, args.graph)
+    for g in graphs:
+        path = Path(args.output or f"{g.name}_explore.html")
+        if args.output and len(graphs) > 1:  # one file per graph
+            path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
+        loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
+        write_explorer(g, path, backend=args.backend, opt_level=args.opt_level, loss=loss,
+                       optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
+        print(f"wrote {path}")
     return 0
 
 

@@ -435,7 +435,11 @@ def rewritten(before: Graph, after: Graph) -> frozenset:
 
 def pass_diagrams(graph: Graph, opt_level: int = 2, disable=()) -> list[tuple[str, Diagram]]:
     """``(file stem, diagram)`` for the graph before optimization and after each pass, numbered."""
-    _, records = optimize(graph, opt_level, disable)
+    return record_diagrams(graph, optimize(graph, opt_level, disable)[1])
+
+
+def record_diagrams(graph: Graph, records) -> list[tuple[str, Diagram]]:
+    """``(file stem, diagram)`` for ``graph`` and the graph each pass record holds; what a pass made is outlined."""
     out = [("00-input", Diagram(graph, tuple(graph.order()), f"{graph.name} · before optimization"))]
     before = graph
     for n, rec in enumerate(records, 1):
