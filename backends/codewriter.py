@@ -1,9 +1,7 @@
-"""A tiny helper for writing indented Python source, and the naming of generated variables."""
+"""A tiny helper for writing indented Python source; generated variables are named by ``graphc.core.naming``."""
 from __future__ import annotations
 
-import builtins
-import keyword
-import re
+from graphc.core.naming import RESERVED, Names  # noqa: F401 - the backends' names come from here
 
 
 class CodeWriter:
@@ -30,25 +28,3 @@ class CodeWriter:
 
     def text(self) -> str:
         return "\n".join(self.lines).rstrip() + "\n"
-
-
-RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
-            "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
-
-
-class Names:
-    """Readable, unique Python names for graph values: the user's names first, else the op's."""
-
-    def __init__(self, taken=()):
-        self.used = set(RESERVED) | set(taken)
-
-    def fresh(self, wanted: str) -> str:
-        base = re.sub(r"\W", "_", wanted) or "v"
-        if base[0].isdigit():
-            base = "v" + base
-        name, k = base, 1
-        while name in self.used or keyword.iskeyword(name):
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name

@@ -18,12 +18,13 @@ import numpy as np
 import sympy
 
 from graphc.backends import runtime
-from graphc.backends.codewriter import CodeWriter, Names
+from graphc.backends.codewriter import CodeWriter
 from graphc.backends.schedule import deferred_updates, plan
 from graphc.core import shapes
 from graphc.core.describe import describe
 from graphc.core.errors import GraphError
 from graphc.core.initializers import init_array
+from graphc.core.naming import dim_names
 from graphc.core.registry import OPS
 
 
@@ -115,6 +116,7 @@ class FunctionEmitter:
         self.var: dict[int, str] = {}
         self.helpers: dict[str, tuple] = {}
         self.checked: set = set()  # (labels, classes) already checked in this function
+        self.lines: dict[int, tuple[int, int]] = {}  # node id -> [start, end) of its lines in the body
         needed = graph.needed(graph.roots())
         updates = {nid: name for name, nid in graph.updates.items()}
         late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
@@ -122,25 +124,13 @@ class FunctionEmitter:
             late = set(updates)
         self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
         self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
-        names = Names(module.dim_vars.values())
-        for name, nid in {**graph.inputs, **graph.params}.items():
-            self.var[nid] = names.fresh(name)  # the user's name, unless the module needs it (np, B, lr, a keyword)
-        for nid in sorted(needed):
-            if nid not in self.var:
-                wanted = f"new_{self.deferred[nid]}" if nid in self.deferred else self._wanted(graph.nodes[nid])
-                self.var[nid] = names.fresh(wanted)
-        self.names = names
+        named = graph.names()  # one naming: a variable has the name diagrams and graphc explain show
+        for nid in (*graph.inputs.values(), *graph.params.values(), *sorted(needed)):
+            self.var[nid] = named[nid]
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
-
-    def _wanted(self, node) -> str:
-        if node.name:
-            return node.name
-        if node.op == "ew":
-            return expr_label(node.attr("expr"))
-        return OPS[node.op].var or node.op
 
     def _computed(self, node) -> bool:
         """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""
@@ -195,44 +185,64 @@ class FunctionEmitter:
         return "{" + ", ".join(items) + "}"
 
     def body(self, w: CodeWriter) -> None:
-        p = self.plan
         if self.module.check_numerics:
             w.line(self.module.numerics_begin())
-        for nid in p.order:
-            node = self.graph.nodes[nid]
-            if OPS[node.op].fed:
-                continue
-            comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
-            name = self.var[nid]
-            if node.op == "const":
-                w.line(f"{name} = {self.module.constant(node)}  {comment}")
-                continue
-            self._check_classes(w, node)
-            st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
-            if OPS[node.op].view:
-                w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
-                continue
-            st.out = self.updates.get(nid) or name
-            st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
-            if nid in self.updates:
-                w.line(f"{comment} (update of {st.out}, in place)")
-                for text in st.lines:
-                    w.line(text)
-                self._check_numerics(w, node, st.out)
-                continue
-            buf = f"B[{p.buffer_of[nid]}]"
-            if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
-                w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
-            else:
-                w.line(f"{name} = {buf}  {comment}")
-                for text in st.lines:
-                    w.line(text)
-            self._check_numerics(w, node, name)
+        for nid in self.plan.order:
+            start = len(w.lines)
+            self._statement(w, nid)
+            if len(w.lines) > start:
+                self.lines[nid] = (start, len(w.lines))  # for the explorer: the lines computing each node
         if self.module.check_numerics:
             w.line(self.module.numerics_end())
         for nid, param in self.deferred.items():
             w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
                    "above read it")
+
+    def _statement(self, w: CodeWriter, nid: int) -> None:
+        """The statements computing one node (none for a fed one)."""
+        p, node = self.plan, self.graph.nodes[nid]
+        if OPS[node.op].fed:
+            return
+        comment = f"# {self.describe(node)}  {shapes.fmt_x(node.shape)}"
+        name = self.var[nid]
+        if node.op == "const":
+            w.line(f"{name} = {self.module.constant(node)}  {comment}")
+            return
+        self._check_classes(w, node)
+        st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
+        if OPS[node.op].view:
+            w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
+            return
+        st.out = self.updates.get(nid) or name
+        st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
+        if nid in self.updates:
+            w.line(f"{comment} (update of {st.out}, in place)")
+            for text in st.lines:
+                w.line(text)
+            self._check_numerics(w, node, st.out)
+            return
+        buf = f"B[{p.buffer_of[nid]}]"
+        if len(st.lines) == 1 and st.lines[0].endswith(f"out={name})"):
+            w.line(f"{name} = {st.lines[0][:-len(name) - 1]}{buf})  {comment}")
+        else:
+            w.line(f"{name} = {buf}  {comment}")
+            for text in st.lines:
+                w.line(text)
+        self._check_numerics(w, node, name)
+
+    def storage(self, nid: int) -> str:
+        """Where a node's value lives in the generated function: its buffer, the param it updates in place, the
+        storage it is a view of, or what feeds it."""
+        node = self.graph.nodes[nid]
+        if nid in self.plan.buffer_of:
+            return f"B[{self.plan.buffer_of[nid]}]"
+        if nid in self.updates:
+            return f"{self.updates[nid]} (in place)"
+        if OPS[node.op].view:
+            return f"a view of {self.storage(self.plan.storage[nid])}"
+        if OPS[node.op].fed:
+            return f"{self.var[nid]} (fed)"
+        return OPS[node.op].source or "none"
 
     def _check_classes(self, w: CodeWriter, node) -> None:
         """Before the first op reading integer class ids, a check that they index existing classes."""
@@ -266,6 +276,19 @@ class FunctionEmitter:
         return lines
 
 
+class Emitted:
+    """Where the nodes of one generated function are: for the explorer (``graphc explore``).
+
+    ``graph`` the graph it computes, ``names`` its variables by node id (the graph's names), ``lines`` node id ->
+    (first, last) line number in the module (1-based), ``storage`` node id -> where the value lives (``B[3]``).
+    """
+
+    def __init__(self, fe: FunctionEmitter, offset: int):
+        self.graph, self.names = fe.graph, dict(fe.var)
+        self.lines = {nid: (offset + a + 1, offset + b) for nid, (a, b) in fe.lines.items()}
+        self.storage = {nid: fe.storage(nid) for nid in fe.var}
+
+
 class ModuleEmitter:
     """The whole generated module: docstring, checks, buffers, run / init_params / train_step, helpers.
 
@@ -284,11 +307,11 @@ class ModuleEmitter:
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.dims = graph.dims()
-        names = Names()
-        self.dim_vars = {d: names.fresh(d.name) for d in self.dims}  # a dim's variable in the module's functions
+        self.dim_vars = dim_names(self.dims)  # a dim's variable in the module's functions
         self.constants: dict = {}
         self.check_numerics = check_numerics
         self.helper_functions: list = []  # functions the statements call (e.g. erf): copied into the module
+        self.emitted: dict[str, Emitted] = {}  # function name -> where its nodes are, once source() ran
 
     @staticmethod
     def printer(names):
@@ -409,6 +432,7 @@ class ModuleEmitter:
             args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers])
             w.line("")
             with w.block(f"def {fname}({args}):"):
+                self.emitted[fname] = Emitted(fe, len(w.lines))
                 w.lines.extend(body[fname].lines)
                 outs = ", ".join(f"{n!r}: {fe.var[i]}" for n, i in fe.graph.outputs.items())
                 w.line(f"return {{{outs}}}")

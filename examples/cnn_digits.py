@@ -25,12 +25,6 @@ BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
 SCHEDULE, BATCH = [(0.1, 15), (0.01, 5)], 32  # (learning rate, epochs)
 
 
-# The data: 1797 images of 8×8 pixels with values 0..16, as (n, 1, 8, 8) float32 in [0, 1]; a fixed 75/25 split.
-digits = load_digits()
-X = (digits.images / 16.0).astype(np.float32)[:, None]
-y = digits.target.astype(np.int64)
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
-
 # The model, NCHW: 1×8×8 -> conv 32 -> 32×4×4 -> conv 64 -> 64×2×2 -> 256 -> 128 -> 10 logits.
 m = gc.dim("m")
 with gc.Graph("cnn_digits") as g:
@@ -51,26 +45,38 @@ with gc.Graph("cnn_digits") as g:
     loss = gc.mean(gc.softmax_cross_entropy(logits, t))
     g.output(loss=loss, logits=logits)
 
-# Build one file with run(), init_params() and train_step(params, batch, lr=...).
-cnn = gc.load_module(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=SCHEDULE[0][0]))
-           .emit(BUILD / "cnn_digits_numpy.py"))
 
-params = cnn.init_params(seed=0)
-rng = np.random.default_rng(0)
-epochs = [lr for lr, n in SCHEDULE for _ in range(n)]
-bar = tqdm(epochs, desc="training", unit="epoch", disable=not sys.stderr.isatty())
-for lr in bar:
-    order = rng.permutation(len(X_train))
-    total, count = 0.0, 0
-    for start in range(0, len(order) - BATCH + 1, BATCH):  # full minibatches: one set of buffers
-        idx = order[start:start + BATCH]
-        out = cnn.train_step(params, {"x": X_train[idx], "t": y_train[idx]}, lr=lr)
-        total, count = total + float(out["loss"]) * len(idx), count + len(idx)
-    bar.set_postfix(lr=lr, loss=f"{total / count:.4f}")
-print(f"training loss of the last epoch: {total / count:.4f}")
+def main():
+    # The data: 1797 images of 8×8 pixels with values 0..16, as (n, 1, 8, 8) float32 in [0, 1]; a fixed 75/25 split.
+    digits = load_digits()
+    X = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
 
-# run() takes inputs and params together and works for any batch size m: here the whole test set at once.
-out = cnn.run({"x": X_test, "t": y_test, **params})
-accuracy = (out["logits"].argmax(axis=1) == y_test).mean()
-print(f"test loss: {float(out['loss']):.4f}")
-print(f"test accuracy: {accuracy:.4f}")
+    # Build one file with run(), init_params() and train_step(params, batch, lr=...).
+    cnn = gc.load_module(gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=SCHEDULE[0][0]))
+                         .emit(BUILD / "cnn_digits_numpy.py"))
+
+    params = cnn.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    epochs = [lr for lr, n in SCHEDULE for _ in range(n)]
+    bar = tqdm(epochs, desc="training", unit="epoch", disable=not sys.stderr.isatty())
+    for lr in bar:
+        order = rng.permutation(len(X_train))
+        total, count = 0.0, 0
+        for start in range(0, len(order) - BATCH + 1, BATCH):  # full minibatches: one set of buffers
+            idx = order[start:start + BATCH]
+            out = cnn.train_step(params, {"x": X_train[idx], "t": y_train[idx]}, lr=lr)
+            total, count = total + float(out["loss"]) * len(idx), count + len(idx)
+        bar.set_postfix(lr=lr, loss=f"{total / count:.4f}")
+    print(f"training loss of the last epoch: {total / count:.4f}")
+
+    # run() takes inputs and params together and works for any batch size m: here the whole test set at once.
+    out = cnn.run({"x": X_test, "t": y_test, **params})
+    accuracy = (out["logits"].argmax(axis=1) == y_test).mean()
+    print(f"test loss: {float(out['loss']):.4f}")
+    print(f"test accuracy: {accuracy:.4f}")
+
+
+if __name__ == "__main__":  # `graphc build|show|explore` load the model without training it
+    main()

@@ -32,9 +32,10 @@ class Graph(ir.Graph):
 class Program:
     """A compiled graph: its generated source, the loaded module, and the pipeline's records."""
 
-    def __init__(self, graph, backend: str, source: str, records, train_records=None):
+    def __init__(self, graph, backend: str, source: str, records, train_records=None, emitted=None):
         self.graph, self.backend, self.source = graph, backend, source
         self.records, self.train_records = records, train_records or []
+        self.emitted = emitted or {}  # function name (_compute, _train) -> where its nodes are in the source
         self._module = None
 
     @property
@@ -81,5 +82,6 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     trained, train_records = None, []
     if loss is not None:
         trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level, disable)
-    source = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics).source()
-    return Program(graph, backend, source, records, train_records)
+    emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics)
+    source = emitter.source()
+    return Program(graph, backend, source, records, train_records, emitter.emitted)

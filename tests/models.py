@@ -97,3 +97,35 @@ MODELS = {"linear_regression": linear_regression, "half_sse": half_sse, "logisti
 
 def feeds_with_params(g, feeds, seed=0):
     return {**gc.init_params(g, seed), **feeds}
+
+
+def transformer(dtype="float32", batch=2, seq=4, width=8, classes=3):
+    """A transformer-like block: single-head attention (softmax of scaled scores), a layer norm written by hand,
+    a GELU MLP, mean-pooling over the sequence and softmax cross-entropy."""
+    d, T = width, seq
+    n = gc.dim("n")  # the sequence length: symbolic, like the batch size
+    with gc.Graph("transformer") as g:
+        x = gc.input("x", (m, n, d), dtype=dtype)
+        t = gc.input("t", (m,), dtype="int64")
+        Wq, Wk, Wv = (gc.param(w, (d, d), dtype=dtype, init="glorot_uniform") for w in ("Wq", "Wk", "Wv"))
+        gamma = gc.param("gamma", (d,), dtype=dtype, init="ones")
+        beta = gc.param("beta", (d,), dtype=dtype, init="zeros")
+        W1 = gc.param("W1", (d, 2 * d), dtype=dtype, init="he_normal")
+        b1 = gc.param("b1", (2 * d,), dtype=dtype, init="zeros")
+        W2 = gc.param("W2", (2 * d, classes), dtype=dtype, init="glorot_uniform")
+        q, k, v = (x @ Wq).named("q"), (x @ Wk).named("k"), (x @ Wv).named("v")
+        scores = (q @ gc.transpose(k, (0, 2, 1)) * (1 / d ** 0.5)).named("scores")
+        att = gc.softmax(scores, axis=-1).named("att")
+        h = (x + att @ v).named("h")
+        mu = gc.mean(h, axis=-1, keepdims=True).named("mu")
+        var = gc.mean(gc.square(h - mu), axis=-1, keepdims=True).named("var")
+        hn = ((h - mu) / gc.sqrt(var + 1e-5) * gamma + beta).named("hn")
+        f = gc.gelu(hn @ W1 + b1).named("f")
+        pooled = gc.mean(f, axis=1).named("pooled")
+        logits = (pooled @ W2).named("logits")
+        loss = gc.mean(gc.softmax_cross_entropy(logits, t))
+        params = [Wq, Wk, Wv, gamma, beta, W1, b1, W2]
+        grads = gc.grad(loss, params)
+        g.output(loss=loss, logits=logits, **{f"d{p.name}": dp for p, dp in zip(params, grads)})
+    rng = np.random.default_rng(5)
+    return g, {"x": rng.normal(size=(batch, T, d)).astype(dtype), "t": rng.integers(0, classes, size=batch)}

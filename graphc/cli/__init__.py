@@ -1,4 +1,5 @@
-"""The command line: ``graphc build | show | check | explain MODEL.py`` (the top layer: it may use every other)."""
+"""The command line: ``graphc build | show | check | explain | explore MODEL.py`` (the top layer: it may use
+every other)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import numpy as np
 from graphc.backends import BACKENDS
 from graphc.cli.check import check_graph, parse_dims, table
 from graphc.cli.explain import report
+from graphc.cli.explore import explore as write_explorer
 from graphc.core.errors import GraphError
 from graphc.core.files import safe_write
 from graphc.core.ir import Graph
@@ -128,6 +130,26 @@ def explain(args) -> int:
     return 0
 
 
+def _explore_args(p) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="the HTML file (default: <graph>_explore.html)")
+    _compile_args(p)
+
+
+@command("explore", _explore_args)
+def explore(args) -> int:
+    """Write one self-contained HTML page walking through the compilation: stages, passes, code, buffers."""
+    graphs = load_graphs(args.model, args.graph)
+    for g in graphs:
+        path = Path(args.output or f"{g.name}_explore.html")
+        if args.output and len(graphs) > 1:  # one file per graph
+            path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
+        loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
+        write_explorer(g, path, backend=args.backend, opt_level=args.opt_level, loss=loss,
+                       optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
+        print(f"wrote {path}")
+    return 0
+
+
 def _check_args(p) -> None:
     p.add_argument("--loss", default="loss", help="scalar output to differentiate (default: loss)")
     p.add_argument("--dims", nargs="*", default=(), metavar="NAME=SIZE", help="sizes of symbolic dims (default 3)")
@@ -171,6 +193,9 @@ def _show_args(parser) -> None:
     parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
     parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
+    parser.add_argument("--collapse", action="store_true",
+                        help="draw the middle of each run of 3 or more repeated layers (W1, W2, … alike) as one node "
+                             "per phase (SVG, PNG, DOT)")
 
 
 @command("show", _show_args)
@@ -185,10 +210,11 @@ def show(args) -> int:
             path = Path(args.output)
             if len(graphs) > 1:  # one file per graph
                 path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
-            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi)
+            render(g, path, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi, collapse=args.collapse)
             print(f"wrote {path}")
         elif not args.each_pass:
-            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi), end="")
+            print(to_dot(g, args.stage, opt_level=args.opt_level, title=title, dpi=args.dpi, collapse=args.collapse),
+                  end="")
         if args.each_pass:
             folder = Path(args.each_pass) / g.name if len(graphs) > 1 else Path(args.each_pass)
             fmt = "mermaid" if args.format == "mmd" else args.format

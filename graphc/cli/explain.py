@@ -8,6 +8,7 @@ import numpy as np
 import sympy
 
 from graphc.core import shapes
+from graphc.core.describe import describe
 from graphc.core.registry import OPS
 from graphc.dsl import init_params
 
@@ -66,6 +67,21 @@ def measure(prog, feeds: dict) -> dict:
             "buffer_bytes": buffer_bytes, "step_bytes": peak}
 
 
+def node_table(prog) -> list[str]:
+    """The nodes of the emitted function by the names the code and the diagrams give them: what each computes,
+    its shape and where its value lives."""
+    function = "_train" if "_train" in prog.emitted else "_compute"
+    emitted = prog.emitted[function]
+    graph = emitted.graph
+    rows = [f"nodes of {function}, as the code and the diagrams name them:"]
+    for nid in sorted(emitted.names):
+        node = graph.nodes[nid]
+        fused = f"  [fused: {', '.join(graph.absorbed[nid])}]" if graph.absorbed.get(nid) else ""
+        rows.append(f"  {emitted.names[nid]:<12} = {describe(node, emitted.names):<44} "
+                    f"{shapes.fmt_x(node.shape) or 'scalar':<8} {emitted.storage[nid]}{fused}")
+    return rows
+
+
 def report(graph, prog, batch: int = 1024) -> str:
     """The text ``graphc explain`` prints."""
     records = prog.train_records or prog.records
@@ -75,6 +91,7 @@ def report(graph, prog, batch: int = 1024) -> str:
         lines.extend(f"      - {note}" for note in r.rewrites[:12])
         if len(r.rewrites) > 12:
             lines.append(f"      … and {len(r.rewrites) - 12} more")
+    lines += node_table(prog)
     sizes = {d: batch for d in graph.dims()}
     stats = measure(prog, random_feeds(graph, sizes))
     at = ", ".join(f"{k}={v}" for k, v in sizes.items())

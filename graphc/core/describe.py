@@ -21,6 +21,11 @@ def name_function(sym, name: str) -> None:
     _FUNCTION_NAMES[sym] = name
 
 
+def function_name(sym) -> str:
+    """How the sympy function ``sym`` reads: its given name, else its class name in lower case."""
+    return _FUNCTION_NAMES.get(sym) or sym.__name__.lower()
+
+
 class _Printer(StrPrinter):
     """sympy's str form with an ew node's ``_0, _1, …`` written as its inputs' names, functions by their names,
     and numbers as a user would write them (``1e-05``, ``1/m``)."""
@@ -33,8 +38,7 @@ class _Printer(StrPrinter):
         return self.names.get(expr.name, expr.name)
 
     def _print_Function(self, expr):
-        name = _FUNCTION_NAMES.get(expr.func) or expr.func.__name__.lower()
-        return f"{name}({self.stringify(expr.args, ', ')})"
+        return f"{function_name(expr.func)}({self.stringify(expr.args, ', ')})"
 
     def _print_Abs(self, expr):
         return f"abs({self._print(expr.args[0])})"

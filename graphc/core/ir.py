@@ -15,6 +15,7 @@ import sympy
 from graphc.core import shapes
 from graphc.core.errors import GraphError
 from graphc.core.evaluate import evaluate
+from graphc.core.naming import node_names
 from graphc.core.registry import OPS
 
 PHASES = ("forward", "backward", "update")
@@ -75,6 +76,9 @@ class Graph:
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
         self._dims_checked = -1
+        self.absorbed: dict[int, tuple[str, ...]] = {}  # node id -> user names of nodes a pass fused into it
+        self._renames = 0
+        self._names: tuple = ((), {})  # (what the graph looked like, node_names of it)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Graph:
@@ -122,6 +126,7 @@ class Graph:
 
     def rename(self, nid: int, name: str) -> None:
         self.nodes[nid] = replace(self.nodes[nid], name=name)
+        self._renames += 1
 
     def output(self, **named) -> None:
         """Declare the graph's named outputs: ``g.output(loss=loss, dW1=dW1)`` (tensors of this graph)."""
@@ -168,9 +173,16 @@ class Graph:
         """Read by exactly one node and not a root: a rewrite may fold it into its reader."""
         return len(self.consumers(nid)) == 1 and nid not in self.roots()
 
+    def names(self) -> dict[int, str]:
+        """Every node's name, as code, diagrams and ``graphc explain`` call it (``graphc.core.naming``)."""
+        state = (self._next_id, len(self.nodes), self._renames, tuple(self.updates.items()), len(self.inputs),
+                 len(self.params))
+        if self._names[0] != state:
+            self._names = (state, node_names(self))
+        return self._names[1]
+
     def display_name(self, nid: int) -> str:
-        node = self.nodes[nid]
-        return node.name or f"{node.op}{nid}"
+        return self.names()[nid]
 
     def dims(self) -> list:
         """Symbolic dims of the inputs, in order of first appearance."""
@@ -245,6 +257,20 @@ class Rebuild:
     def arg(self, old_id: int) -> int:
         return self.map[old_id]
 
+    def absorb(self, new_id: int, old_id: int) -> None:
+        """The node ``new_id`` took in the old node ``old_id`` (a fusion): the user names of ``old_id`` and of
+        what it had absorbed are kept on ``new_id``, for diagrams and ``graphc explain``."""
+        node, image = self.old.nodes[old_id], self.map.get(old_id)
+        earlier = self.new.absorbed.get(image, ()) if image != new_id else ()  # what its copy took in already
+        self._absorb(new_id, ((node.name,) if node.name else ()) + self.old.absorbed.get(old_id, ()) + earlier)
+
+    def _absorb(self, new_id: int, names) -> None:
+        own = self.new.nodes[new_id].name
+        kept = self.new.absorbed.get(new_id, ())
+        kept += tuple(n for n in dict.fromkeys(names) if n != own and n not in kept)
+        if kept:
+            self.new.absorbed[new_id] = kept
+
     def node(self, new_id: int) -> Node:
         return self.new.nodes[new_id]
 
@@ -289,4 +315,7 @@ class Rebuild:
                                  frozenset(m[x] for x in r.nodes if x in m))
                      for r in old.grads
                      if all(x in m for x in (r.loss, *r.wrt, *r.results)) and (r.seed is None or r.seed in m)]
+        for nid, new_id in m.items():  # a node rewritten into another keeps its user names on it
+            if new_id in new.nodes:
+                self.absorb(new_id, nid)
         return new

@@ -16,8 +16,9 @@ integer inputs that are class ids and how many classes they index, so feeds out 
 
 Traits (data): ``source`` (made from nothing: "input", "param", "const" (an array baked in), "fill" (one value
 everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
-input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (the stem of its
-variable's name in generated code).
+input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (what an unnamed node is
+called in code, diagrams and ``graphc explain``: a stem, or a rule ``var(node, input nodes, names) -> stem``;
+see ``graphc.core.naming``).
 
 Backends keep their lowerings in tables of their own, keyed by op name (``graphc.backends``).
 """
@@ -41,7 +42,7 @@ class Op:
     source: str | None = None
     view: bool = False
     linear: bool = False
-    var: str | None = None
+    var: str | Callable | None = None
     describe: Callable | None = None
     batch_axis: Callable | None = None
     batch_copies: Callable | None = None

@@ -245,10 +245,10 @@ def _conv_weight_grad_vjp(out, u, x, g, stride, padding, kernel):
     return [conv2d_input_grad(g, u, stride, padding, _hw(x)), _conv(x, u, stride, padding)]
 
 
-defop("conv2d", infer=_conv_infer, vjp=_conv_vjp, impl=_impl(conv2d_ref, "stride", "padding"))
-defop("conv2d_input_grad", infer=_conv_input_grad_infer, vjp=_conv_input_grad_vjp,
+defop("conv2d", infer=_conv_infer, vjp=_conv_vjp, impl=_impl(conv2d_ref, "stride", "padding"), var="conv")
+defop("conv2d_input_grad", infer=_conv_input_grad_infer, vjp=_conv_input_grad_vjp, var="conv_dx",
       impl=_impl(conv2d_input_grad_ref, "stride", "padding", "input_hw"))
-defop("conv2d_weight_grad", infer=_conv_weight_grad_infer, vjp=_conv_weight_grad_vjp,
+defop("conv2d_weight_grad", infer=_conv_weight_grad_infer, vjp=_conv_weight_grad_vjp, var="conv_dw",
       impl=_impl(conv2d_weight_grad_ref, "stride", "padding", "kernel"))
 
 
@@ -337,22 +337,22 @@ def max_pool2d_gather(x: Tensor, u: Tensor, kernel, stride) -> Tensor:
 
 # x only selects where the gradient goes: the derivative w.r.t. it is zero wherever it is defined.
 # max_pool2d_grad also reads y = max_pool2d(x) so emitters find the maxima by comparison; the reference uses argmax.
-defop("max_pool2d", infer=_pool_infer("max_pool2d"),
+defop("max_pool2d", infer=_pool_infer("max_pool2d"), var="pool",
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).max(axis=(4, 5)),
       vjp=lambda out, g, x, kernel, stride: [max_pool2d_grad(x, g, kernel, stride)])
-defop("max_pool2d_grad", infer=_routed_infer("max_pool2d_grad", True),
+defop("max_pool2d_grad", infer=_routed_infer("max_pool2d_grad", True), var="pool_grad",
       impl=lambda node, env, x, y, g: _impl(max_pool2d_grad_ref, "kernel", "stride")(node, env, x, g),
       vjp=lambda out, u, x, y, g, kernel, stride: [None, None, max_pool2d_gather(x, u, kernel, stride)])
-defop("max_pool2d_gather", infer=_routed_infer("max_pool2d_gather", False),
+defop("max_pool2d_gather", infer=_routed_infer("max_pool2d_gather", False), var="pool_gather",
       impl=_impl(max_pool2d_gather_ref, "kernel", "stride"),
       vjp=lambda out, g, x, u, kernel, stride: [None, max_pool2d_grad(x, g, kernel, stride)])
 
-defop("avg_pool2d", infer=_pool_infer("avg_pool2d"),
+defop("avg_pool2d", infer=_pool_infer("avg_pool2d"), var="avgpool",
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).mean(axis=(4, 5)),
       vjp=lambda out, g, x, kernel, stride: [
           apply("avg_pool2d_grad", [g], kernel=kernel, stride=stride, input_hw=_hw(x))])
-defop("avg_pool2d_grad", infer=_avg_pool_grad_infer, impl=_impl(avg_pool2d_grad_ref, "kernel", "stride",
-                                                                        "input_hw"),
+defop("avg_pool2d_grad", infer=_avg_pool_grad_infer, var="avgpool_grad",
+      impl=_impl(avg_pool2d_grad_ref, "kernel", "stride", "input_hw"),
       vjp=lambda out, u, g, kernel, stride, input_hw: [apply("avg_pool2d", [u], kernel=kernel, stride=stride)])
 
 

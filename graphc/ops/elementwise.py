@@ -20,9 +20,10 @@ import sympy
 from sympy.core.relational import Relational
 
 from graphc.core import shapes
-from graphc.core.describe import expression
+from graphc.core.describe import expression, function_name
 from graphc.core.dtypes import DTYPES, is_float, promote
 from graphc.core.errors import GraphError
+from graphc.core.naming import slug
 from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply, const, same_graph
 from graphc.ops.batching import by_vjp, keep_batch, mixes
@@ -169,8 +170,43 @@ def _describe_ew(node, names) -> str:
     return expression(node.attr("expr"), [names[i] for i in node.inputs])
 
 
+POWERS = {sympy.S.Half: "sqrt", -sympy.S.Half: "rsqrt", 2: "square", -1: "recip"}
+COMPARISONS = {">": "gt", ">=": "ge", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
+
+
+def _reads_input(expr) -> bool:
+    return any(arg_index(s) is not None for s in expr.free_symbols)
+
+
+def expr_stem(expr) -> str:
+    """A name for what an expression computes at its top: ``sqrt``, ``div``, ``sub``, ``relu_grad``, ``exp``."""
+    if isinstance(expr, Relational):
+        return COMPARISONS.get(expr.rel_op, "compare")
+    if expr.is_Symbol:
+        return "copy"
+    if expr.is_Number or not _reads_input(expr):
+        return "const"
+    if expr.is_Pow:
+        return POWERS.get(expr.exp, "pow")
+    if expr.is_Add:
+        return "sub" if any(t.could_extract_minus_sign() for t in expr.args) else "add"
+    if expr.is_Mul:
+        return _mul_stem([a for a in expr.args if _reads_input(a)])
+    return slug(function_name(expr.func))
+
+
+def _mul_stem(factors) -> str:
+    """A division, a derivative applied to a gradient (``relu_grad``), a scaling by a constant, or a product."""
+    if any(f.is_Pow and f.exp.is_negative for f in factors):
+        return "div"
+    primes = [function_name(f.func) for f in factors if f.is_Function and "′" in function_name(f.func)]
+    if primes:
+        return slug(primes[0])
+    return "scale" if len(factors) == 1 else "mul"
+
+
 defop("ew", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp, batch_axis=_ew_batch_axis, shared_grad=_ew_shared_grad,
-      example_grad=by_vjp, describe=_describe_ew)
+      example_grad=by_vjp, describe=_describe_ew, var=lambda node, ins, names: expr_stem(node.attr("expr")))
 
 
 def canonical(expr, inputs: list) -> tuple:

@@ -180,7 +180,7 @@ register(Fn(Erf, "erf", _erf_reference, helper=_erf, c="erf({0})"))
 register(Fn(Gelu, "gelu", _gelu_reference, expand=lambda x: x * (1 + Erf(x / sympy.sqrt(2))) / 2))
 register(Fn(GeluTanh, "gelu_tanh", _gelu_tanh_reference, expand=_gelu_tanh))
 register(Fn(Silu, "silu", lambda x: x * _sigmoid(x), expand=lambda x: x * Sigmoid(x)))
-name_function(Positive, "step")
+name_function(Positive, "relu′")  # relu′(h) = 1 where h = relu(x) > 0
 name_function(GeluTanh, "gelu_tanh")
 
 

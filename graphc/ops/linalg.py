@@ -103,8 +103,14 @@ def _shared_grad(out, P, ins, batch):
             keep_batch(matmul(swap_last(a), P), 0, b.shape, batch)]
 
 
+def _stem(node, ins, names) -> str:
+    """``xW1`` for ``x @ W1`` where both names are short, else ``mm``."""
+    a, b = (names[i] for i in node.inputs)
+    return a + b if len(a) + len(b) <= 8 else "mm"
+
+
 defop("matmul", infer=_matmul_infer, vjp=_matmul_vjp, impl=lambda node, env, a, b: np.matmul(a, b),
-      linear=True, var="mm", batch_axis=_batch_axis, example_grad=_example_grad, shared_grad=_shared_grad,
+      linear=True, var=_stem, batch_axis=_batch_axis, example_grad=_example_grad, shared_grad=_shared_grad,
       describe=lambda node, names: " @ ".join(names[i] for i in node.inputs))
 
 

@@ -57,11 +57,13 @@ defop("log_softmax", infer=_softmax_infer("log_softmax"), vjp=_log_softmax_vjp, 
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """``exp(x) / sum(exp(x))`` along ``axis``, computed stably."""
     (axis,) = check_axes("softmax", axis, x.node)
     return apply("softmax", [x], axis=axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """``x - logsumexp(x)`` along ``axis``: the log of the softmax, computed stably."""
     (axis,) = check_axes("log_softmax", axis, x.node)
     return apply("log_softmax", [x], axis=axis)
 

@@ -7,6 +7,7 @@ import sympy
 from graphc.core import shapes
 from graphc.core.describe import axes_text, expression, value
 from graphc.core.dtypes import is_float
+from graphc.core.naming import over
 from graphc.core.registry import check_axes, defop, fail, reduced_shape
 from graphc.dsl import Tensor, apply
 from graphc.ops.batching import mixes
@@ -68,13 +69,13 @@ def _sum_shared_grad(out, P, ins, batch, axes, keepdims):
     return [broadcast_to(kept, (batch, *x.shape))]
 
 
-defop("sum", infer=_reduce_infer("sum"), vjp=_sum_vjp, linear=True, batch_axis=_batch_axis,
+defop("sum", infer=_reduce_infer("sum"), vjp=_sum_vjp, linear=True, batch_axis=_batch_axis, var=over("sum"),
       shared_grad=_sum_shared_grad,
       impl=lambda node, env, x: np.sum(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
-defop("max", infer=_reduce_infer("max"), vjp=_max_vjp, batch_axis=_batch_axis,
+defop("max", infer=_reduce_infer("max"), vjp=_max_vjp, batch_axis=_batch_axis, var=over("max"),
       impl=lambda node, env, x: np.max(x, axis=node.attr("axes"), keepdims=node.attr("keepdims")))
 defop("logsumexp", infer=_reduce_infer("logsumexp"), vjp=_logsumexp_vjp, impl=_logsumexp_impl,
-      batch_axis=_batch_axis)
+      batch_axis=_batch_axis, var=over("lse"))
 
 
 def _reduce(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
@@ -127,4 +128,5 @@ def _describe_sum_ew(node, names) -> str:
     return total if node.attr("scale") == 1 else f"{total}·{value(node.attr('scale'))}"
 
 
-defop("sum_ew", infer=_sum_ew_infer, impl=_sum_ew_impl, describe=_describe_sum_ew)
+defop("sum_ew", infer=_sum_ew_infer, impl=_sum_ew_impl, describe=_describe_sum_ew,
+      var=over("sum", lambda node, ins: node.attr("ew_shape")))

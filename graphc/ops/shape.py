@@ -9,6 +9,7 @@ from graphc.core import shapes
 from graphc.core.describe import value
 from graphc.core.dtypes import is_float
 from graphc.core.errors import GraphError
+from graphc.core.naming import after_input
 from graphc.core.registry import check_axes, defop, fail
 from graphc.dsl import Tensor, apply
 from graphc.ops.batching import by_vjp, keep_batch, mixes, same_dim
@@ -44,6 +45,7 @@ defop("input", infer=_source_infer, impl=_fed, source="input", describe=lambda n
 defop("param", infer=_source_infer, impl=_fed, source="param", describe=lambda node, names: "param")
 defop("const", infer=_source_infer, impl=_const_impl, source="const", describe=_describe_const)
 defop("fill", infer=_source_infer, impl=_fill_impl, source="fill",
+      var=lambda node, ins, names: {0: "zeros", 1: "ones"}.get(node.attr("value"), "full"),
       describe=lambda node, names: f"fill {value(node.attr('value'))}")
 
 
@@ -54,7 +56,7 @@ def _random_normal_impl(node, env):
     return rng.standard_normal(shapes.evaluate(node.shape, env)).astype(node.dtype)
 
 
-defop("random_normal", infer=_source_infer, impl=_random_normal_impl, source="random",
+defop("random_normal", infer=_source_infer, impl=_random_normal_impl, source="random", var="noise",
       describe=lambda node, names: f"random_normal(seed={node.attr('seed')}, stream={node.attr('stream')})")
 
 
@@ -86,6 +88,7 @@ def _reshape_batch_axis(node, ins, axes):
 
 
 defop("reshape", infer=_reshape_infer, view=True, linear=True,
+      var=lambda node, ins, names: f"{names[node.inputs[0]]}_{len(node.shape)}d",
       impl=lambda node, env, x: np.reshape(x, shapes.evaluate(node.shape, env)),
       vjp=lambda out, g, x, shape: [reshape(g, x.shape)],
       batch_axis=_reshape_batch_axis,
@@ -124,7 +127,7 @@ def _describe_transpose(node, names) -> str:
     return f"{x}ᵀ" if perm == (1, 0) else f"transpose({x}, {perm})"
 
 
-defop("transpose", infer=_transpose_infer, view=True, linear=True,
+defop("transpose", infer=_transpose_infer, view=True, linear=True, var=after_input("T"),
       impl=lambda node, env, x: np.transpose(x, node.attr("perm")),
       vjp=lambda out, g, x, perm: [transpose(g, tuple(int(i) for i in np.argsort(perm)))],
       batch_axis=lambda node, ins, axes: node.attr("perm").index(axes[0]),
@@ -164,7 +167,7 @@ def _broadcast_copies(node, ins, batch):
     return 0 if node.shape and same_dim(node.shape[0], batch) and stretched else None
 
 
-defop("broadcast_to", infer=_broadcast_infer, view=True, linear=True,
+defop("broadcast_to", infer=_broadcast_infer, view=True, linear=True, var=after_input("_bc"),
       impl=lambda node, env, x: np.broadcast_to(x, shapes.evaluate(node.shape, env)).copy(),
       vjp=lambda out, g, x, shape: [g],  # the autodiff driver sums the broadcast axes away
       batch_axis=lambda node, ins, axes: axes[0] + len(node.shape) - len(ins[0].shape),
@@ -214,7 +217,7 @@ def _concat_batch_axis(node, ins, axes):
     return placed.pop()
 
 
-defop("concat", infer=_concat_infer, vjp=_concat_vjp, batch_axis=_concat_batch_axis,
+defop("concat", infer=_concat_infer, vjp=_concat_vjp, batch_axis=_concat_batch_axis, var="cat",
       impl=lambda node, env, *xs: np.concatenate(xs, axis=node.attr("axis")))
 
 
@@ -279,11 +282,12 @@ def _unslice_batch_axis(node, ins, axes):
     return a
 
 
-defop("slice", infer=_slice_infer, view=True, batch_axis=_slice_batch_axis,
+defop("slice", infer=_slice_infer, view=True, batch_axis=_slice_batch_axis, var=after_input("_part"),
       impl=lambda node, env, x: x[_np_index(node.attr("index"), env)].copy(),
       vjp=lambda out, g, x, index: [apply("unslice", [g], index=index, shape=x.shape)],
       describe=lambda node, names: names[node.inputs[0]] + index_text(node.attr("index")))
 defop("unslice", infer=lambda nodes, attrs: (attrs["shape"], nodes[0].dtype), impl=_unslice_impl,
+      var=after_input("_placed"),
       vjp=lambda out, g, x, index, shape: [apply("slice", [g], index=index)], batch_axis=_unslice_batch_axis,
       describe=lambda node, names: f"zeros{shapes.fmt(node.shape)} with {index_text(node.attr('index'))} = "
                                    f"{names[node.inputs[0]]}")
@@ -348,7 +352,7 @@ def _one_hot_impl(node, env, t):
     return (t[..., None] == np.arange(k)).astype(node.attr("dtype"))
 
 
-defop("one_hot", infer=_one_hot_infer, impl=_one_hot_impl, batch_axis=lambda node, ins, axes: axes[0],
+defop("one_hot", infer=_one_hot_infer, impl=_one_hot_impl, batch_axis=lambda node, ins, axes: axes[0], var="onehot",
       class_ids=lambda node, ins: [(0, node.attr("k"))])
 
 

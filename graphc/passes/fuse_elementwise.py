@@ -17,10 +17,13 @@ def fuse_elementwise(graph, notes):
             src = rb.node(ins[position])
             if src.op == "ew" and graph.single_use(old) and tuple(src.shape) == tuple(node.shape):
                 expr, ins = inline(expr, ins, position, src.attr("expr"), list(src.inputs))
-                fused.append(graph.display_name(old))
+                fused.append(old)
         if not fused:
             return None
-        notes.note(f"fused {', '.join(fused)} into {graph.display_name(node.id)}")
-        return add_ew(rb, node, expr, ins)
+        notes.note(f"fused {', '.join(graph.display_name(old) for old in fused)} into {graph.display_name(node.id)}")
+        new_id = add_ew(rb, node, expr, ins)
+        for old in fused:
+            rb.absorb(new_id, old)
+        return new_id
 
     return Rebuild(graph).run({"ew": rule})

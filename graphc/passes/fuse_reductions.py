@@ -20,9 +20,11 @@ def fuse_reductions(graph, notes):
         if src.op != "ew" or not graph.single_use(old):
             return None
         notes.note(f"fused {graph.display_name(old)} into the sum {graph.display_name(node.id)}")
-        return rb.add(node, "sum_ew", list(src.inputs), {
+        new_id = rb.add(node, "sum_ew", list(src.inputs), {
             "expr": src.attr("expr"), "axes": node.attr("axes"), "keepdims": node.attr("keepdims"),
             "ew_shape": src.shape, "scale": sympy.S.One})
+        rb.absorb(new_id, old)
+        return new_id
 
     def scaled_sum(rb, node):
         c = scalar_factor(graph, node)
@@ -38,6 +40,8 @@ def fuse_reductions(graph, notes):
         else:
             attrs = {**dict(total.attrs), "scale": total.attr("scale") * c}
         notes.note(f"the factor {c} of {graph.display_name(node.id)} rides on the sum {graph.display_name(old)}")
-        return rb.add(node, "sum_ew", list(total.inputs), attrs)
+        new_id = rb.add(node, "sum_ew", list(total.inputs), attrs)
+        rb.absorb(new_id, old)
+        return new_id
 
     return Rebuild(graph).run({"sum": fused_sum, "ew": scaled_sum})

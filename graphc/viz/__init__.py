@@ -1,4 +1,5 @@
-"""Diagrams of a graph at any stage: DOT and Mermaid text, SVG and PNG through Graphviz's ``dot`` program.
+"""Diagrams of a graph at any stage: DOT and Mermaid text, SVG and PNG through Graphviz's ``dot`` program or
+graphviz-pure, its self-contained port (``pip install "graphc[diagrams]"``).
 
 Inputs, params and constants have shapes of their own, outputs a double border, compute nodes the colour of
 their phase; edges carry the symbolic shape of the value they move. Where forward and backward nodes mix, the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import shutil
 import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from graphc.core.files import write_atomic
 from graphc.core.ir import PHASES, Graph
 from graphc.core.registry import OPS
 from graphc.passes import optimize
+from graphc.viz.collapse import Box, box_label, boxes
 
 STAGES = ("forward", "backward", "optimized")
 FORMATS = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid"}
@@ -36,7 +39,7 @@ DOT_SHAPES = {"input": "invhouse", "param": "cylinder", "const": "note", "fill":
 MERMAID_SHAPES = {"input": ('[/"', '"/]'), "param": ('[("', '")]'), "const": ('{{"', '"}}'),
                   "fill": ('{{"', '"}}'), "op": ('("', '")'), "output": ('[["', '"]]')}
 CHANGED = "#dc2626"  # outline of the nodes a pass rewrote
-FONT = "Helvetica,Arial,sans-serif"
+FONT = "Helvetica"  # a name every layout program has metrics for
 WRAP = 44  # characters per label line
 MAX_LINES = 6  # per expression: fused kernels can be long
 MAX_NOTES = 8  # rewrites listed under a pass's title
@@ -52,19 +55,26 @@ class Diagram:
     title: str
     notes: tuple[str, ...] = ()
     changed: frozenset = frozenset()
+    boxes: tuple[Box, ...] = ()  # repeated layers drawn as one node each (``collapse``)
+
+    def key(self, nid: int) -> str:
+        """The DOT node a graph node is drawn as: its own, or the box of the layers it is folded into."""
+        return next((b.key for b in self.boxes if nid in b.ids), f"n{nid}")
 
 
 # -- what a stage shows ---------------------------------------------------------------------------------
-def diagram(graph: Graph, stage: str = "forward", opt_level: int = 2, title: str | None = None) -> Diagram:
+def diagram(graph: Graph, stage: str = "forward", opt_level: int = 2, title: str | None = None,
+            collapse: bool = False) -> Diagram:
     """``forward``: the forward nodes; ``backward``: with the backward (and update) nodes; ``optimized``: the
-    graph after ``graphc.passes.optimize`` at ``opt_level``, which is what the emitters see."""
+    graph after ``graphc.passes.optimize`` at ``opt_level``, which is what the emitters see. ``collapse`` draws
+    the middle of each run of repeated layers as one node per phase (``graphc.viz.collapse``)."""
     if stage not in STAGES:
         raise GraphError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
     heading = f"{graph.name} · {stage}" + (f" (opt level {opt_level})" if stage == "optimized" else "")
     if stage == "optimized":
         graph = optimize(graph, opt_level)[0]
     ids = forward_ids(graph) if stage == "forward" else graph.order()
-    return Diagram(graph, tuple(ids), title or heading)
+    return Diagram(graph, tuple(ids), title or heading, boxes=tuple(boxes(graph, ids)) if collapse else ())
 
 
 def forward_ids(graph: Graph) -> list[int]:
@@ -105,12 +115,21 @@ def _init(spec) -> str:
     return f"{name}({', '.join(f'{a:g}' for a in args)})" if args else name
 
 
+def _glue(text: str) -> str:
+    """``text`` with the spaces inside brackets made non-breaking: ``padding=(1, 1)`` stays on one line."""
+    depth, out = 0, []
+    for c in text:
+        depth += (c in "([{") - (c in ")]}")
+        out.append("\xa0" if c == " " and depth > 0 else c)
+    return "".join(out)
+
+
 def _wrap(text: str) -> list[str]:
-    lines = textwrap.wrap(text, WRAP, break_long_words=True, break_on_hyphens=False) or [text]
+    lines = textwrap.wrap(_glue(text), WRAP, break_long_words=True, break_on_hyphens=False) or [text]
     if len(lines) > MAX_LINES:
         lines = lines[:MAX_LINES]
         lines[-1] = lines[-1][: WRAP - 1] + "…"
-    return lines
+    return [line.replace("\xa0", " ") for line in lines]
 
 
 def _operation(graph: Graph, nid: int) -> list[str]:
@@ -125,13 +144,16 @@ def _operation(graph: Graph, nid: int) -> list[str]:
 
 
 def node_label(graph: Graph, nid: int, shown=None) -> tuple[str, list[str]]:
-    """A node's box: its title (the user's name, else the display name) and the lines under it.
+    """A node's box: its title (its name, as the generated code calls it: ``graphc.core.naming``) and the lines
+    under it: what it computes, the user names fused into it, the names it leaves the graph under.
 
     A node none of ``shown`` reads also gets its shape, as no edge carries it.
     """
     node = graph.nodes[nid]
-    title = node.name or graph.display_name(nid)
+    title = graph.display_name(nid)
     lines = _operation(graph, nid)
+    if graph.absorbed.get(nid):
+        lines.append("fused: " + ", ".join(graph.absorbed[nid]))
     lines += [f"→ {role}" for role in roles(graph).get(nid, []) if role != title]
     if shown is not None and kind(graph, nid) == "op" and not any(c in shown for c in graph.consumers(nid)):
         lines.append(f"shape {shapes.fmt_x(node.shape)}" if node.shape else "scalar")
@@ -197,7 +219,8 @@ def _dot_node(d: Diagram, nid: int, shown: set, outs: dict) -> str:
     fill, border = SOURCE_COLORS[k] if k in SOURCE_COLORS else PHASE_COLORS[node.phase]
     # outputs keep square corners: Graphviz draws no second periphery around a rounded box
     style = "filled" if k != "op" or nid in outs else "filled,rounded"
-    attrs = {"label": _dot_label(title, lines, bool(node.name)), "shape": DOT_SHAPES.get(k, "box"),
+    named = bool(node.name or graph.absorbed.get(nid))
+    attrs = {"label": _dot_label(title, lines, named), "shape": DOT_SHAPES.get(k, "box"),
              "style": _quote(style), "fillcolor": _quote(fill), "color": _quote(border)}
     if nid in outs:
         attrs["peripheries"] = "2"
@@ -206,23 +229,48 @@ def _dot_node(d: Diagram, nid: int, shown: set, outs: dict) -> str:
     return f"n{nid} [{', '.join(f'{key}={value}' for key, value in attrs.items())}];"
 
 
+def _dot_box(box: Box) -> str:
+    title, lines = box_label(box)
+    fill, border = PHASE_COLORS[box.phase]
+    return (f'{box.key} [label={_dot_label(title, lines, True)}, shape=box3d, style="filled", '
+            f'fillcolor="{fill}", color="{border}"];')
+
+
 def _dot_nodes(d: Diagram) -> list[str]:
     """Node statements; where phases mix, one cluster per phase, side by side."""
     shown, outs, graph = set(d.ids), roles(d.graph), d.graph
-    by_phase = {p: [i for i in d.ids if graph.nodes[i].phase == p] for p in PHASES}
-    if sum(1 for p in PHASES if by_phase[p]) < 2:
-        return ["  " + _dot_node(d, nid, shown, outs) for nid in d.ids]
+    folded = {i for b in d.boxes for i in b.ids}
+    by_phase = {p: [_dot_node(d, i, shown, outs) for i in d.ids if graph.nodes[i].phase == p and i not in folded]
+                + [_dot_box(b) for b in d.boxes if b.phase == p] for p in PHASES}
+    present = [p for p in PHASES if by_phase[p]]
+    if len(present) < 2:
+        return ["  " + line for p in present for line in by_phase[p]]
     lines = []
-    for phase in PHASES:
-        if by_phase[phase]:
-            lines.append(f'  subgraph cluster_{phase} {{ label="{phase}"; style=filled; '
-                         f'color="{CLUSTER_FILLS[phase]}"; fontsize=13; fontcolor="#374151";')
-            lines += ["    " + _dot_node(d, nid, shown, outs) for nid in by_phase[phase]]
-            lines.append("  }")
+    for phase in present:
+        lines.append(f'  subgraph cluster_{phase} {{ label="{phase}"; style=filled; '
+                     f'color="{CLUSTER_FILLS[phase]}"; fontsize=13; fontcolor="#374151";')
+        lines.append(f'    anchor_{phase} [style=invis, shape=point, width=0, height=0, label=""];')
+        lines += ["    " + line for line in by_phase[phase]]
+        lines.append("  }")
+    # invisible anchors, one per cluster, chained on one rank: clusters always run forward, backward, update
+    # from left to right, whatever the layout heuristics would prefer for this graph
+    chain = " -> ".join(f"anchor_{p}" for p in present)
+    lines.append(f"  {{ rank=same; {chain} [style=invis]; }}")
     return lines
 
 
-def _dot_edge(graph: Graph, src: int, dst: int) -> str:
+def _dot_edges(d: Diagram) -> list[str]:
+    """One edge per input position; into or out of a box of folded layers once per pair of ends."""
+    seen, out = set(), []
+    for src, dst, _ in edges(d.graph, d.ids):
+        ends = d.key(src), d.key(dst)
+        if ends[0] != ends[1] and (not d.boxes or ends not in seen):
+            seen.add(ends)
+            out.append(_dot_edge(d.graph, src, dst, *ends))
+    return out
+
+
+def _dot_edge(graph: Graph, src: int, dst: int, tail: str, head: str) -> str:
     """An edge, labelled with the shape it carries. One inside the backward graph is laid out upwards (written
     reversed, arrowhead still at its consumer): the backward pass climbs back up beside the forward pass, and
     the weighted edges from one phase to the next keep each layer's gradient level with the layer."""
@@ -230,10 +278,10 @@ def _dot_edge(graph: Graph, src: int, dst: int) -> str:
     colour = PHASE_COLORS[phase][1] if phase != "forward" else "#6b7280"
     attrs = f"label={_quote(' ' + edge_label(graph, src))}, color={_quote(colour)}"
     if phase == from_phase == "backward":
-        return f"  n{dst} -> n{src} [{attrs}, dir=back];"
+        return f"  {head} -> {tail} [{attrs}, dir=back];"
     if phase != from_phase:
-        return f"  n{src} -> n{dst} [{attrs}, weight={CROSS_WEIGHT}];"
-    return f"  n{src} -> n{dst} [{attrs}];"
+        return f"  {tail} -> {head} [{attrs}, weight={CROSS_WEIGHT}];"
+    return f"  {tail} -> {head} [{attrs}];"
 
 
 def dot_text(d: Diagram, rankdir: str = "TB", dpi: int | None = None) -> str:
@@ -249,15 +297,15 @@ def dot_text(d: Diagram, rankdir: str = "TB", dpi: int | None = None) -> str:
              f'  node [fontname="{FONT}", fontsize=11, margin="0.12,0.04", height=0.3, penwidth=1.2];',
              f'  edge [fontname="{FONT}", fontsize=8, fontcolor="#4b5563", color="#6b7280", arrowsize=0.6];',
              *_dot_nodes(d),
-             *(_dot_edge(d.graph, src, dst) for src, dst, _ in edges(d.graph, d.ids)),
+             *_dot_edges(d),
              "}"]
     return "\n".join(lines) + "\n"
 
 
 def to_dot(graph: Graph, stage: str = "forward", *, opt_level: int = 2, title: str | None = None,
-           rankdir: str = "TB", dpi: int | None = None) -> str:
+           rankdir: str = "TB", dpi: int | None = None, collapse: bool = False) -> str:
     """The DOT text of ``graph`` at ``stage`` (forward, backward or optimized); ``dpi`` applies to PNG."""
-    return dot_text(diagram(graph, stage, opt_level, title), rankdir, dpi)
+    return dot_text(diagram(graph, stage, opt_level, title, collapse), rankdir, dpi)
 
 
 # -- Mermaid ----------------------------------------------------------------------------------------------
@@ -306,17 +354,34 @@ def file_format(path) -> str:
     return FORMATS[suffix]
 
 
+# Layout programs, best first: Graphviz's own `dot`, else graphviz-pure (a self-contained port of dot from
+# PyPI, `pip install "graphc[diagrams]"`), which needs no system libraries and takes dot's flags.
+LAYOUT_PROGRAMS = ("dot", "graphviz-pure")
+INSTALL_HINT = ('Install one: `pip install "graphc[diagrams]"` (graphviz-pure, a self-contained port of dot: no '
+                "system libraries), or Graphviz itself: `sudo apt-get install graphviz` (Debian/Ubuntu), "
+                "`brew install graphviz` (macOS) or `conda install graphviz`. A .dot or .mmd (Mermaid) file needs "
+                "neither.")
+
+
+def layout_program() -> str | None:
+    """The path of the first layout program found: on PATH, or beside the running Python (a virtual
+    environment's bin folder, where pip puts graphviz-pure, even when the environment is not activated)."""
+    for name in LAYOUT_PROGRAMS:
+        found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+        if found:
+            return found
+    return None
+
+
 def graphviz(source: str, fmt: str, what: str) -> bytes:
-    """``source`` (DOT) laid out and drawn by Graphviz's ``dot`` program as ``fmt`` (svg, png)."""
-    exe = shutil.which("dot")
+    """``source`` (DOT) laid out and drawn as ``fmt`` (svg, png) by the layout program found."""
+    exe = layout_program()
     if exe is None:
-        raise GraphError(
-            f"drawing {what} as {fmt.upper()} needs Graphviz's `dot` program, which is not installed (not on "
-            "PATH). Install Graphviz: `sudo apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` "
-            "(macOS) or `conda install graphviz`. A .dot or .mmd (Mermaid) file needs no Graphviz.")
+        raise GraphError(f"drawing {what} as {fmt.upper()} needs a Graphviz layout program; neither "
+                         f"{' nor '.join(f'`{p}`' for p in LAYOUT_PROGRAMS)} is installed. {INSTALL_HINT}")
     done = subprocess.run([exe, f"-T{fmt}"], input=source.encode(), capture_output=True, check=False)
     if done.returncode != 0:
-        raise GraphError(f"Graphviz `dot` failed drawing {what}: {done.stderr.decode(errors='replace').strip()}")
+        raise GraphError(f"{Path(exe).name} failed drawing {what}: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout
 
 
@@ -329,10 +394,11 @@ def encode(d: Diagram, fmt: str, dpi: int | None = None) -> bytes:
 
 
 def render(graph: Graph, path, stage: str = "forward", *, opt_level: int = 2, title: str | None = None,
-           dpi: int | None = None) -> Path:
-    """Draw ``graph`` at ``stage`` into ``path``: .svg or .png through Graphviz, or .dot / .mmd text."""
+           dpi: int | None = None, collapse: bool = False) -> Path:
+    """Draw ``graph`` at ``stage`` into ``path``: .svg or .png through Graphviz, or .dot / .mmd text;
+    ``collapse`` folds repeated layers (SVG, PNG and DOT)."""
     fmt = file_format(path)
-    return write_atomic(path, encode(diagram(graph, stage, opt_level, title), fmt, dpi))
+    return write_atomic(path, encode(diagram(graph, stage, opt_level, title, collapse), fmt, dpi))
 
 
 # -- one diagram per optimization pass ----------------------------------------------------------------
@@ -369,7 +435,11 @@ def rewritten(before: Graph, after: Graph) -> frozenset:
 
 def pass_diagrams(graph: Graph, opt_level: int = 2, disable=()) -> list[tuple[str, Diagram]]:
     """``(file stem, diagram)`` for the graph before optimization and after each pass, numbered."""
-    _, records = optimize(graph, opt_level, disable)
+    return record_diagrams(graph, optimize(graph, opt_level, disable)[1])
+
+
+def record_diagrams(graph: Graph, records) -> list[tuple[str, Diagram]]:
+    """``(file stem, diagram)`` for ``graph`` and the graph each pass record holds; what a pass made is outlined."""
     out = [("00-input", Diagram(graph, tuple(graph.order()), f"{graph.name} · before optimization"))]
     before = graph
     for n, rec in enumerate(records, 1):

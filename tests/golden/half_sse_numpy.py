@@ -127,8 +127,8 @@ def _compute(B, m, x, t, W):
     loss = B[2]  # sum(dy**2, axis=(0, 1))·1/2  scalar
     np.einsum('ab,ab->', dy, dy, out=loss)
     np.multiply(loss, 1/2, out=loss)  # the scale, on the result
-    transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[3])  # transpose @ dy  3×2
+    xT = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(xT, dy, out=B[3])  # xT @ dy  3×2
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
@@ -151,8 +151,8 @@ def _train(B, m, x, t, W, lr):
     loss = B[2]  # sum(dy**2, axis=(0, 1))·1/2  scalar
     np.einsum('ab,ab->', dy, dy, out=loss)
     np.multiply(loss, 1/2, out=loss)  # the scale, on the result
-    transpose = x.transpose((1, 0))  # xᵀ  3×m
-    dW = np.matmul(transpose, dy, out=B[3])  # transpose @ dy  3×2
+    xT = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(xT, dy, out=B[3])  # xT @ dy  3×2
     # W - dW*lr  3×2 (update of W, in place)
     np.multiply(dW, lr, out=B[4])
     np.subtract(W, B[4], out=W)
