@@ -493,12 +493,14 @@ class ModuleEmitter:
                     return f'_shape_of(feeds, {name!r}, {axis})'
         for name, nid in g.inputs.items():
             for axis, e in enumerate(g.nodes[nid].shape):
-                if d in e.free_symbols:
-                    n = sympy.Symbol("_n")
-                    (solution,) = sympy.solve(sympy.Eq(e, n), d)
-                    text = self.printer({n: f"_shape_of(feeds, {name!r}, {axis})"}).doprint(solution)
-                    return f"int({text})"
-        raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}")
+                if e.free_symbols == {d}:  # an axis of size f(d): solved for d (checked against the feeds after)
+                    n = sympy.Symbol("_n", positive=True, integer=True)
+                    solutions = [v for v in sympy.solve(sympy.Eq(e, n), d) if v.is_positive is not False]
+                    if len(solutions) == 1:
+                        text = self.printer({n: f"_shape_of(feeds, {name!r}, {axis})"}).doprint(solutions[0])
+                        return f"round({text})"
+        raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}: no input axis has a size "
+                         f"that determines it alone (e.g. {d} or 28*{d})")
 
     def _buffers(self, w: CodeWriter, fname: str, fe: FunctionEmitter) -> None:
         dims = ", ".join(self.dim_vars.values())

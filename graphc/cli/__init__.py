@@ -45,6 +45,12 @@ def load_graphs(path: str, only: str | None = None) -> list[Graph]:
     except Exception as exc:  # noqa: BLE001 - any error in the user's file is reported, not re-raised
         raise ModelError(f"{_where(exc, file)}: {type(exc).__name__}: {exc}") from None
     graphs = [v for v in namespace.values() if isinstance(v, Graph)]
+    graphs = list({id(g): g for g in graphs}.values())  # a graph bound to two names is one graph
+    names = [g.name for g in graphs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelError(f"{path}: two graphs are named {twice[0]!r}; each graph's files are named after it, so "
+                         "give them different names")
     if only is not None:
         graphs = [g for g in graphs if g.name == only]
     if not graphs:
@@ -110,13 +116,18 @@ def _compile(g, args):
 @command("build", _build_args)
 def build(args) -> int:
     """Write DIR/<graph>_<backend>.py for each graph in MODEL.py."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GraphError(f"-o {args.out}: is a file, not a directory (the generated files go into a directory)")
     for g in load_graphs(args.model, args.graph):
         prog = _compile(g, args)
-        path = safe_write(Path(args.out) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
+        if args.backend == "numpy":
+            prog.module  # imported once here, so a file that would not import is never reported as written
+        path = safe_write(out / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
         steps = "run, init_params" + (", train_step" if "def train_step" in prog.source else "")
         print(f"wrote {path} ({steps})")
         if getattr(g, "initial_params", None):  # an imported model's trained weights
-            params = Path(args.out) / f"{g.name}_params.npz"
+            params = out / f"{g.name}_params.npz"
             np.savez(params, **g.initial_params)
             print(f"wrote {params} (the model's parameters: params = dict(np.load(path)))")
     return 0

@@ -20,9 +20,12 @@ def as_shape(shape, what: str = "shape") -> Shape:
     if isinstance(shape, (int, sympy.Expr)):
         shape = (shape,)
     try:
+        if any(d is None or isinstance(d, (str, float)) for d in shape):
+            raise TypeError
         dims = tuple(sympy.sympify(d) for d in shape)
     except (TypeError, sympy.SympifyError) as exc:
-        raise GraphError(f"{what} {shape!r} is not a tuple of ints and dims") from exc
+        raise GraphError(f"{what} {shape!r} is not a tuple of ints and dims (gc.dim(\"m\") for a size known only "
+                         "when the graph runs)") from exc
     for d in dims:
         if d.is_integer is not True or d.is_negative:
             raise GraphError(f"{what} {fmt(dims)}: dim {d} is not a non-negative integer expression")

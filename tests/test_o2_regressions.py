@@ -1,0 +1,282 @@
+"""Graphs a differential test against PyTorch found wrong or crashing at -O2, and misuse of a generated module:
+each as its minimal reproduction, compared with the reference evaluator (itself checked against finite
+differences elsewhere) or, where an error is right, with the error a user should see."""
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import sympy
+
+import graphc as gc
+from graphc.transforms.gradcheck import fd_grads, rel_error
+
+from helpers import m
+
+LEVELS = (0, 1, 2)
+RNG = np.random.default_rng(0)
+
+
+def assert_every_level_matches(g, feeds, tol=1e-10):
+    want = g.evaluate(feeds)
+    for level in LEVELS:
+        got = gc.compile(g, opt_level=level)(feeds)
+        for k in want:
+            assert rel_error(got[k], want[k]) <= tol, (level, k)
+    return want
+
+
+# 1 -- softmax cross-entropy with integer labels on logits that are not 2-d -------------------------------
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_sequence_logits_mean_loss(batch):
+    with gc.Graph("seq") as g:
+        z, t = gc.input("z", (m, 3, 4), dtype="float64"), gc.input("t", (m, 3), dtype="int64")
+        loss = gc.mean(gc.softmax_cross_entropy(z, t))
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    feeds = {"z": RNG.normal(size=(batch, 3, 4)), "t": RNG.integers(0, 4, (batch, 3))}
+    want = assert_every_level_matches(g, feeds)
+    assert rel_error(want["dz"], fd_grads(g, "loss", feeds, ["z"])["z"]) <= 1e-6
+
+
+def test_fixed_3d_logits_weighted_losses():
+    with gc.Graph("fixed") as g:
+        z, t = gc.input("z", (1, 8, 2), dtype="float64"), gc.input("t", (1, 8), dtype="int64")
+        r = gc.input("r", (m, 1, 8), dtype="float64")
+        loss = gc.sum(gc.softmax_cross_entropy(z, t) * r)
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    assert_every_level_matches(g, {"z": RNG.normal(size=(1, 8, 2)), "t": RNG.integers(0, 2, (1, 8)),
+                                   "r": RNG.normal(size=(3, 1, 8))})
+
+
+def test_1d_logits_with_a_0d_label():
+    with gc.Graph("one") as g:
+        z, t = gc.input("z", (4,), dtype="float64"), gc.input("t", (), dtype="int64")
+        loss = gc.softmax_cross_entropy(z, t)
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    assert_every_level_matches(g, {"z": RNG.normal(size=4), "t": np.array(2)})
+
+
+# 2 -- class ids out of range: one clear error everywhere -------------------------------------------------
+@pytest.mark.parametrize("bad", [[0, 3], [-1, 1], [10**6, 0]])
+def test_out_of_range_labels_raise_everywhere(bad):
+    with gc.Graph("labels") as g:
+        z, t = gc.input("z", (m, 3), dtype="float64"), gc.input("t", (m,), dtype="int64")
+        loss = gc.mean(gc.softmax_cross_entropy(z, t))
+        g.output(loss=loss, dz=gc.grad(loss, z), hot=gc.one_hot(t, 3))
+    feeds = {"z": RNG.normal(size=(2, 3)), "t": np.array(bad)}
+    with pytest.raises(gc.GraphError, match="class id"):
+        g.evaluate(feeds)
+    for level in LEVELS:
+        with pytest.raises(ValueError, match=r"t holds the class id -?\d+, outside the classes 0..2"):
+            gc.compile(g, opt_level=level)(feeds)
+
+
+# 3 -- a reduction over an axis along which the subtrahend is broadcast -----------------------------------
+def test_reduction_over_the_broadcast_axis_of_a_subtrahend():
+    with gc.Graph("sub") as g:
+        a, b = gc.input("a", (m, 4), dtype="float64"), gc.input("b", (m, 1), dtype="float64")
+        r = gc.input("r", (m, 1), dtype="float64")
+        loss = gc.sum(gc.sum(a - b, axis=1, keepdims=True) * r)
+        g.output(loss=loss, db=gc.grad(loss, b))
+    feeds = {"a": RNG.normal(size=(3, 4)), "b": RNG.normal(size=(3, 1)), "r": RNG.normal(size=(3, 1))}
+    want = assert_every_level_matches(g, feeds)
+    np.testing.assert_allclose(want["db"], -4 * feeds["r"])
+
+
+# 4 -- two threads, one module, the same batch size --------------------------------------------------------
+def test_two_threads_never_share_buffers():
+    with gc.Graph("threads") as g:
+        x = gc.input("x", (m, 64), dtype="float64")
+        w = gc.param("w", (64, 64), dtype="float64", init="normal")
+        g.output(y=gc.tanh(x @ w) @ w)
+    prog = gc.compile(g)
+    params = prog.init_params(0)
+    inputs = [RNG.normal(size=(32, 64)) for _ in range(2)]
+    want = [g.evaluate({"x": x, **params})["y"] for x in inputs]
+    errors = []
+
+    def work(k):
+        for _ in range(50):
+            got = prog({"x": inputs[k], **params})["y"]
+            if rel_error(got, want[k]) > 1e-12:
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+# 5 -- a product of two operands broadcast beyond both -----------------------------------------------------
+def test_product_of_operands_broadcast_to_a_bigger_shape():
+    with gc.Graph("outer") as g:
+        x, w = gc.input("x", (2, 5), dtype="float64"), gc.input("w", (5,), dtype="float64")
+        o = gc.input("o", (3, 2, 5), dtype="float64")
+        y = gc.broadcast_to(x, (3, 2, 5)) * w
+        loss = gc.sum(y * y) + gc.sum(x * o * w)
+        g.output(loss=loss, y=y, dx=gc.grad(loss, x))
+    assert_every_level_matches(g, {"x": RNG.normal(size=(2, 5)), "w": RNG.normal(size=5),
+                                   "o": RNG.normal(size=(3, 2, 5))})
+
+
+# 6 -- a strided slice of a symbolic dim -------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [4, 5])
+def test_strided_slice_of_a_symbolic_dim(rows):
+    with gc.Graph("stride") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        y = x[::2] * x[1::2][: 1]
+        loss = gc.sum(y * y)
+        g.output(loss=loss, y=y, dx=gc.grad(loss, x))
+    assert_every_level_matches(g, {"x": RNG.normal(size=(rows, 3))})
+
+
+# 7 -- a comparison of a computed expression --------------------------------------------------------------
+def test_comparison_of_a_computed_expression_feeding_where():
+    with gc.Graph("where") as g:
+        a, b = gc.input("a", (m, 3), dtype="float64"), gc.input("b", (m, 3), dtype="float64")
+        y = gc.where(a * 2 < b, a, b)
+        loss = gc.sum(y)
+        g.output(loss=loss, y=y, da=gc.grad(loss, a))
+    assert_every_level_matches(g, {"a": RNG.normal(size=(4, 3)), "b": RNG.normal(size=(4, 3))})
+
+
+# 8 -- a keepdims reduction feeding conv and pooling -------------------------------------------------------
+def test_keepdims_reduction_feeding_conv_and_pool():
+    with gc.Graph("keep") as g:
+        x = gc.input("x", (m, 2, 4, 4), dtype="float64")
+        w = gc.param("w", (3, 1, 3, 3), dtype="float64", init="he_normal")
+        s = gc.logsumexp(x, axis=1, keepdims=True)
+        loss = gc.sum(gc.avg_pool2d(gc.max_pool2d(gc.conv2d(s, w, padding=1), 2), 1))
+        g.output(loss=loss, dw=gc.grad(loss, w))
+    assert_every_level_matches(g, {"x": RNG.normal(size=(2, 2, 4, 4)), "w": RNG.normal(size=(3, 1, 3, 3))})
+
+
+# 9 -- hand-written and library cross-entropy on the same logits, differentiated w.r.t. the distribution ---------
+def test_hand_written_and_library_cross_entropy_together():
+    with gc.Graph("both") as g:
+        z, t = gc.input("z", (m, 4), dtype="float64"), gc.input("t", (m,), dtype="int64")
+        p = gc.input("p", (m, 4), dtype="float64")
+        hand = -gc.sum(gc.one_hot(t, 4, "float64") * gc.log(gc.softmax(z)), axis=-1)
+        loss = gc.mean(hand + gc.softmax_cross_entropy(z, p))
+        g.output(loss=loss, dz=gc.grad(loss, z), dp=gc.grad(loss, p))
+    assert_every_level_matches(g, {"z": RNG.normal(size=(4, 4)), "t": RNG.integers(0, 4, 4),
+                                   "p": RNG.random((4, 4))})
+
+
+# 10 -- the mean of a product whose operands both broadcast -------------------------------------------------
+def test_mean_of_a_two_sided_broadcast():
+    with gc.Graph("mean") as g:
+        a, b = gc.input("a", (m, 1), dtype="float64"), gc.input("b", (1, 3), dtype="float64")
+        z, t = gc.input("z", (m, 2), dtype="float64"), gc.input("t", (3, m, 1), dtype="float64")
+        loss = gc.mean(a * b) + gc.mean(gc.binary_cross_entropy_with_logits(z, t))
+        g.output(loss=loss, da=gc.grad(loss, a), db=gc.grad(loss, b), dz=gc.grad(loss, z))
+    assert_every_level_matches(g, {"a": RNG.normal(size=(4, 1)), "b": RNG.normal(size=(1, 3)),
+                                   "z": RNG.normal(size=(4, 2)), "t": RNG.random((3, 4, 1))})
+
+
+# 11 -- a dim no input carries --------------------------------------------------------------------------------
+def test_a_dim_no_input_binds_is_refused_before_running():
+    n = gc.dim("n")
+    with gc.Graph("unbound") as g:
+        g.output(y=gc.broadcast_to(gc.input("x", (3,), dtype="float64"), (n, 3)))
+    for build in (lambda: gc.compile(g), lambda: g.evaluate({"x": np.ones(3)})):
+        with pytest.raises(gc.GraphError, match="dim n is not the size of any input's axis"):
+            build()
+
+
+# 12 -- user names that the generated module uses too ---------------------------------------------------------
+@pytest.mark.parametrize("name", ["B", "m", "lr", "np", "i", "lambda", "class", "sum", "dims", "x", "feeds"])
+def test_any_user_name_builds_a_module_that_imports_and_trains(name):
+    d = gc.dim(name if name.isidentifier() and name not in ("lambda", "class") else "n")
+    with gc.Graph("names") as g:
+        a = gc.input(name, (d, 3), dtype="float64")
+        w = gc.param("W" if name != "W" else "V", (3, 2), dtype="float64", init="normal")
+        y = (a @ w).named("out")
+        g.output(loss=gc.mean(gc.square(y)), **{"y" if name != "y" else "z": y})
+    prog = gc.compile(g, loss="loss", optimizer=gc.SGD(0.1))
+    params = prog.init_params(0)
+    feeds = {name: RNG.normal(size=(4, 3))}
+    want = g.evaluate({**feeds, **params})
+    got = prog({**feeds, **params})
+    assert rel_error(got["loss"], want["loss"]) <= 1e-12
+    prog.train_step(params, feeds)
+
+
+def test_two_different_dims_with_one_name_are_refused():
+    with gc.Graph("two") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        y = gc.input("y", (sympy.Symbol("m", integer=True), 3), dtype="float64")
+        g.output(z=gc.sum(x) + gc.sum(y))
+    with pytest.raises(gc.GraphError, match="two different dims are named 'm'"):
+        gc.compile(g)
+
+
+# 13 -- memory: buffers for a bounded number of batch sizes ---------------------------------------------------
+def test_buffers_are_kept_for_the_last_few_batch_sizes_only():
+    with gc.Graph("sizes") as g:
+        x = gc.input("x", (m, 8), dtype="float64")
+        g.output(y=gc.tanh(x) * 2)
+    prog = gc.compile(g)
+    for rows in range(1, 30):
+        prog({"x": np.ones((rows, 8))})
+    assert sorted(prog.module._compute_cache.sizes) == [(26,), (27,), (28,), (29,)]
+
+
+# 14 -- an empty batch ----------------------------------------------------------------------------------------
+def test_an_empty_batch_is_a_clear_error():
+    with gc.Graph("empty") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        g.output(loss=gc.mean(x))
+    with pytest.raises(ValueError, match="each dim needs a size of at least 1"):
+        gc.compile(g)({"x": np.ones((0, 3))})
+    with pytest.raises(gc.GraphError, match="each dim needs a size of at least 1"):
+        g.evaluate({"x": np.ones((0, 3))})
+
+
+# 16 -- a module without a training step does not speak of one ------------------------------------------------
+def test_docstring_mentions_train_step_only_when_there_is_one():
+    with gc.Graph("fwd") as g:
+        x = gc.input("x", (m, 3))
+        w = gc.param("w", (3,), init="normal")
+        g.output(loss=gc.mean(x @ w))
+    head = gc.compile(g).source.split('"""')[1]
+    assert "train_step" not in head
+    assert "train_step" in gc.compile(g, loss="loss").source.split('"""')[1]
+
+
+# 17 -- the command line and the DSL under misuse --------------------------------------------------------------
+def graphc(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "graphc.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_build_into_a_file_is_a_clear_error(tmp_path):
+    model = tmp_path / "model.py"
+    model.write_text("import graphc as gc\nwith gc.Graph('g') as g:\n    x = gc.input('x', (3,))\n"
+                     "    g.output(y=x * 2)\n")
+    (tmp_path / "out").write_text("a file")
+    proc = graphc("build", model, "-o", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_graphs_with_one_name_are_refused(tmp_path):
+    model = tmp_path / "model.py"
+    model.write_text("import graphc as gc\nwith gc.Graph('g') as a:\n    a.output(y=gc.input('x', (3,)) * 2)\n"
+                     "with gc.Graph('g') as b:\n    b.output(y=gc.input('x', (3,)) * 3)\n")
+    proc = graphc("build", model, "-o", tmp_path / "build", cwd=tmp_path)
+    assert proc.returncode == 2 and "two graphs are named 'g'" in proc.stderr
+
+
+def test_a_none_dim_is_a_graph_error():
+    with pytest.raises(gc.GraphError, match=r"gc.dim"), gc.Graph("none"):
+        gc.input("x", (None, 3))
+
+
+def test_a_dim_read_off_a_square_axis():
+    with gc.Graph("square") as g:
+        x, y = gc.input("x", (m * m, 3), dtype="float64"), gc.input("y", (m, 3), dtype="float64")
+        g.output(z=gc.sum(x) + gc.sum(y))
+    assert_every_level_matches(g, {"x": np.ones((16, 3)), "y": np.ones((4, 3))})
