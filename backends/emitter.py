@@ -460,6 +460,11 @@ class ModuleEmitter:
                     with w.block("if 0 in dims:"):
                         w.line('raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at '
                                'least 1")')
+                printer = self.printer(self.dim_vars)
+                for condition, what in self.requirements():
+                    test = f"{printer.doprint(condition.lhs)} {condition.rel_op} {printer.doprint(condition.rhs)}"
+                    with w.block(f"if not ({test}):"):
+                        w.line(f'raise ValueError(f"{what} needs {condition}, got {{dict(zip(DIMS, dims))}}")')
             with w.block("for name in names:"):
                 w.line("value = feeds[name]")
                 w.line("shape, dtype = _SPEC[name]")
@@ -483,6 +488,16 @@ class ModuleEmitter:
             tup = f"({dims_text},)" if len(g.nodes[i].shape) == 1 else f"({dims_text})"
             w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))  # shape at the bound dims
         w.line("}")
+
+    def requirements(self) -> list:
+        """(condition on the dims, what needs it) of every op of the module, each once: ``m - 2 >= 0``."""
+        found = {}
+        for graph in (self.graph, self.train_graph):
+            for node in (graph.nodes.values() if graph is not None else ()):
+                rule = OPS[node.op].requires
+                for condition in rule(node, [graph.nodes[i] for i in node.inputs]) if rule else ():
+                    found.setdefault(condition, f"{node.op} {describe(node, graph.names())}")
+        return sorted(found.items(), key=lambda item: str(item[0]))
 
     def _binding(self, d) -> str:
         """How a symbolic dim is read off the feeds: the first axis that is exactly that dim."""

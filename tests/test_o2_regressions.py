@@ -280,3 +280,20 @@ def test_a_dim_read_off_a_square_axis():
         x, y = gc.input("x", (m * m, 3), dtype="float64"), gc.input("y", (m, 3), dtype="float64")
         g.output(z=gc.sum(x) + gc.sum(y))
     assert_every_level_matches(g, {"x": np.ones((16, 3)), "y": np.ones((4, 3))})
+
+
+def test_a_slice_from_the_end_of_a_symbolic_dim_needs_that_many_rows():
+    with gc.Graph("tail") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        g.output(y=x[-2:])
+    with pytest.raises(ValueError, match="needs m - 2 >= 0"):
+        gc.compile(g)({"x": np.ones((1, 3))})
+    with pytest.raises(gc.GraphError, match="needs m - 2 >= 0"):
+        g.evaluate({"x": np.ones((1, 3))})
+    assert gc.compile(g)({"x": np.ones((3, 3))})["y"].shape == (2, 3)
+
+
+def test_finite_differences_of_a_fortran_ordered_array():
+    from graphc.transforms.gradcheck import numeric_grad
+    x = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_allclose(numeric_grad(lambda v: float((v ** 2).sum()), x), 2 * x, rtol=1e-6)

@@ -122,7 +122,7 @@ def build(args) -> int:
     for g in load_graphs(args.model, args.graph):
         prog = _compile(g, args)
         if args.backend == "numpy":
-            prog.module  # imported once here, so a file that would not import is never reported as written
+            _ = prog.module  # imported once here, so a file that would not import is never reported as written
         path = safe_write(out / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
         steps = "run, init_params" + (", train_step" if "def train_step" in prog.source else "")
         print(f"wrote {path} ({steps})")

@@ -68,6 +68,10 @@ class Evaluator(Interpreter):
 
     def value(self, node, inputs):
         op = OPS[node.op]
+        for condition in op.requires(node, [self.graph.nodes[i] for i in node.inputs]) if op.requires else ():
+            if not bool(condition.subs(self.env)):
+                bound = ", ".join(f"{d} = {self.env[d]}" for d in sorted(condition.free_symbols, key=str))
+                raise GraphError(f"{node.op} {node.label}: needs {condition}, but the feeds give {bound}")
         ins = [self.graph.nodes[i] for i in node.inputs]
         for slot, classes in op.class_ids(node, ins) if op.class_ids else ():
             check_classes(node, ins[slot], inputs[slot], int(sympy.sympify(classes).subs(self.env)))

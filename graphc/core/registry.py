@@ -12,7 +12,9 @@ through a node computed from shared tensors only; ``example_grad(slot, g, *input
 per-example gradient of a shared operand where the generic rule (the VJP summed over all but the batch axis)
 does not do, e.g. ``x @ W`` as outer products; ``class_ids(node, inputs) -> [(slot, classes)]`` names the
 integer inputs that are class ids and how many classes they index, so feeds out of range are caught;
-``describe(node, names) -> str`` is what a node computes in words (``names`` maps ids to names).
+``describe(node, names) -> str`` is what a node computes in words (``names`` maps ids to names);
+``requires(node, inputs) -> [condition]`` states what the symbolic dims must satisfy for the op to make sense
+(``x[-2:]`` needs ``m ≥ 2``), checked against the feeds by the evaluator and the generated modules.
 
 Traits (data): ``source`` (made from nothing: "input", "param", "const" (an array baked in), "fill" (one value
 everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
@@ -49,6 +51,7 @@ class Op:
     shared_grad: Callable | None = None
     example_grad: Callable | None = None
     class_ids: Callable | None = None
+    requires: Callable | None = None
 
     @property
     def fed(self) -> bool:

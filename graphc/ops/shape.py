@@ -282,7 +282,16 @@ def _unslice_batch_axis(node, ins, axes):
     return a
 
 
-defop("slice", infer=_slice_infer, view=True, batch_axis=_slice_batch_axis, var=after_input("_part"),
+def _slice_requires(node, ins):
+    """Each bound inside its dim: ``x[-2:]`` on ``(m, 3)`` reads rows ``m − 2 … m − 1``, so it needs ``m ≥ 2``."""
+    conditions = []
+    for (start, stop, _), d in zip(node.attr("index"), ins[0].shape):
+        conditions += [sympy.sympify(start) >= 0, sympy.sympify(stop) <= d, sympy.sympify(start) <= stop]
+    return [c for c in conditions if c is not sympy.true]
+
+
+defop("slice", infer=_slice_infer, view=True, batch_axis=_slice_batch_axis, requires=_slice_requires,
+      var=after_input("_part"),
       impl=lambda node, env, x: x[_np_index(node.attr("index"), env)].copy(),
       vjp=lambda out, g, x, index: [apply("unslice", [g], index=index, shape=x.shape)],
       describe=lambda node, names: names[node.inputs[0]] + index_text(node.attr("index")))

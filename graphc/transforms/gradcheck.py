@@ -6,7 +6,7 @@ import numpy as np
 
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """∂f/∂x by central differences; ``f`` maps an array like ``x`` to a float."""
-    x = np.array(x, dtype=np.float64)
+    x = np.array(x, dtype=np.float64, order="C")  # C order: reshape(-1) below must be a view, not a copy
     out = np.zeros_like(x)
     flat, gflat = x.reshape(-1), out.reshape(-1)
     for i in range(flat.size):
