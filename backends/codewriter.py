@@ -32,7 +32,8 @@ class CodeWriter:
         return "\n".join(self.lines).rstrip() + "\n"
 
 
-RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
+RESERVED = {"np", "cp", "os", "math", "B", "i", "feeds", "params", "batch", "state", "step", "run", "train_step",
+            "init_params", "init_state", "save", "load", "out", "lr", "dims",
             "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
 
 

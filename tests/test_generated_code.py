@@ -164,7 +164,7 @@ def test_builds_in_separate_processes_are_byte_identical(tmp_path):
 def test_learning_rate_is_an_argument_of_train_step():
     g, feeds = mlp(dtype="float64")
     prog = gc.compile(g, loss="loss", optimizer=gc.SGD(lr=0.3))
-    assert "def train_step(params, batch, lr=0.3):" in prog.source
+    assert "def train_step(params, batch, state=None, lr=0.3):" in prog.source
     params = gc.init_params(g, seed=1)
     expected = g.evaluate({**params, **feeds})
     before = {k: v.copy() for k, v in params.items()}

@@ -14,10 +14,12 @@ does not do, e.g. ``x @ W`` as outer products; ``class_ids(node, inputs) -> [(sl
 integer inputs that are class ids and how many classes they index, so feeds out of range are caught;
 ``describe(node, names) -> str`` is what a node computes in words (``names`` maps ids to names).
 
-Traits (data): ``source`` (made from nothing: "input", "param", "const" (an array baked in), "fill" (one value
+Traits (data): ``source`` (made from nothing: "input", "param", "state" (persists between training steps without
+being trained: running statistics, optimizer moments), "const" (an array baked in), "fill" (one value
 everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
 input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (the stem of its
-variable's name in generated code).
+variable's name in generated code), ``in_place`` (as the new value of a param or state, it is computed straight
+into that array, reading the old value first; other new values are computed aside and copied in).
 
 Backends keep their lowerings in tables of their own, keyed by op name (``graphc.backends``).
 """
@@ -42,6 +44,7 @@ class Op:
     view: bool = False
     linear: bool = False
     var: str | None = None
+    in_place: bool = False
     describe: Callable | None = None
     batch_axis: Callable | None = None
     batch_copies: Callable | None = None
@@ -51,8 +54,13 @@ class Op:
 
     @property
     def fed(self) -> bool:
-        """Its value is given by the caller (inputs and params)."""
-        return self.source in ("input", "param")
+        """Its value is given by the caller (inputs, params and state)."""
+        return self.source in ("input", "param", "state")
+
+    @property
+    def given(self) -> bool:
+        """Its value exists before any statement runs: fed by the caller, or a constant of the module."""
+        return self.fed or self.source == "const"
 
 
 OPS: dict[str, Op] = {}
