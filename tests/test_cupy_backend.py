@@ -30,19 +30,26 @@ def case_graph(op, index):
     return op_graph(fn, *shapes)
 
 
-def sources(g, opt_level):
+def sources(g, opt_level, optimizer=None):
     """The emitted module, with a training step where the graph has a loss."""
     trainable = g.params and "loss" in g.outputs and not g.nodes[g.outputs["loss"]].shape
     loss = "loss" if trainable else None
-    return gc.compile(g, backend="cupy", opt_level=opt_level, loss=loss).source
+    return gc.compile(g, backend="cupy", opt_level=opt_level, loss=loss, optimizer=optimizer if loss else None).source
+
+
+OPTIMIZERS = [gc.SGD(0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, clip_grad_norm=1.0),
+              gc.Adam(weight_decay=0.01, amsgrad=True), gc.AdamW(schedule=gc.schedules.cosine(100))]
 
 
 def all_graphs():
     for op, index in OP_CASES:
-        yield f"{op}{index}", case_graph(op, index)
+        yield f"{op}{index}", case_graph(op, index), None
     for name in sorted(MODELS):
         for dtype in ("float64", "float32"):
-            yield f"{name}_{dtype}", MODELS[name](dtype=dtype)[0]
+            yield f"{name}_{dtype}", MODELS[name](dtype=dtype)[0], None
+    for k, optimizer in enumerate(OPTIMIZERS):  # fused updates: one kernel writing a param and its state
+        for dtype in ("float64", "float32"):
+            yield f"mlp_{dtype}_optimizer{k}", MODELS["mlp"](dtype=dtype)[0], optimizer
 
 
 # -- the source -------------------------------------------------------------------------------------
@@ -63,15 +70,15 @@ def c_params(params: str) -> list[str]:
 
 
 def harness(tag, kind, args, preamble):
-    """A ``__global__`` function that evaluates the kernel body once with its declared parameter types."""
+    """A ``__global__`` function that evaluates the kernel body once with its declared parameter types (outputs
+    read and written through pointers, as CuPy's references to them allow)."""
     in_params, out_params = args[0], args[1]
-    (out,) = c_params(out_params)
-    out_type, out_name = out.rsplit(" ", 1)
-    params = ", ".join([*c_params(in_params), f"{out_type}* {out_name}_out"])
+    outs = [out.rsplit(" ", 1) for out in c_params(out_params)]
+    params = ", ".join([*c_params(in_params), *(f"{t}* {n}_out" for t, n in outs)])
     if kind == "ElementwiseKernel":
-        body = f"{out_type} {out_name}; {args[2]} *{out_name}_out = {out_name};"
+        body = " ".join([*(f"{t} {n} = *{n}_out;" for t, n in outs), args[2], *(f"*{n}_out = {n};" for _, n in outs)])
     else:
-        body = f"*{out_name}_out = {args[2]};"
+        body = f"*{outs[0][1]}_out = {args[2]};"
     return f"{preamble}\n__global__ void {tag}({params}) {{ {body} }}\n"
 
 
@@ -83,7 +90,8 @@ def test_every_op_case_emits_a_standalone_module(op, index, opt_level):
     tree = ast.parse(source)
     imported = {a.name for s in ast.walk(tree) if isinstance(s, ast.Import) for a in s.names}
     imported |= {s.module for s in ast.walk(tree) if isinstance(s, ast.ImportFrom)}
-    assert imported == {"cupy", "numpy", "threading"}  # threading: one set of buffers per thread
+    trains = "def train_step(" in source  # os: checkpoints are written atomically (a rename)
+    assert imported == {"cupy", "numpy", "threading", *(["os"] if trains else [])}  # threading: buffers per thread
     assert source == sources(case_graph(op, index), opt_level)
 
 
@@ -105,9 +113,9 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
     if nvcc is None:
         pytest.skip("nvcc not found")
     units, seen = [], set()
-    for tag, g in all_graphs():
+    for tag, g, optimizer in all_graphs():
         for opt_level in LEVELS:
-            for kind, name, args, preamble in kernels(sources(g, opt_level)):
+            for kind, name, args, preamble in kernels(sources(g, opt_level, optimizer)):
                 key = (kind, tuple(args), preamble)
                 if key not in seen:
                     seen.add(key)

@@ -12,19 +12,23 @@ import sympy
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.backends.numpy.ufuncs import UfuncChain
+from graphc.core.describe import expression
 from graphc.core.registry import reduced_shape
 from graphc.ops.elementwise import work_dtype
 
 LOWERINGS = Lowerings()
 
 
-def _chain(st, expr, out: str, full_shape) -> None:
-    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``)."""
-    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
+def _chain(st, expr, out: str, full_shape, values=()) -> None:
+    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``);
+    ``values`` name the full-size arrays standing for the symbols after the inputs' (a fused update's earlier
+    results)."""
+    operands = [*st.args, *values]
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(operands)}
     names.update(st.fn.dim_names)
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
     small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
-    work = work_dtype(expr, [n.dtype for n in ins])
+    work = work_dtype(expr, [n.dtype for n in ins] + [st.node.dtype] * len(values))
     chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
                        f"node {st.node.label}", small, full_shape, use=st.module.use, work=work)
     for text in chain.run(expr, out):
@@ -39,6 +43,18 @@ def _ew(st):
 def _axes(node):
     axes = node.attr("axes")
     return axes[0] if len(axes) == 1 else axes
+
+
+@LOWERINGS.register("fused_update")
+def _fused_update(st):
+    """Each expression in turn as an in-place chain into the param or state it updates (a value only later
+    expressions read goes to a scratch buffer), under a comment saying what it computes."""
+    values = []
+    for expr, slot in zip(st.node.attr("exprs"), st.node.attr("targets")):
+        out = st.args[slot] if slot >= 0 else st.scratch(st.node.dtype)
+        st.line(f"# {out} = {expression(expr, [*st.args, *values])}")
+        _chain(st, expr, out, st.node.shape, values)
+        values.append(out)
 
 
 @LOWERINGS.register("sum")
