@@ -549,7 +549,7 @@ class ModuleEmitter:
             self._to_device(w, "feeds")
             w.line("B = _buffers(_compute_cache, dims, _compute_allocate)")
             args = ", ".join(f"feeds[{n!r}]" for n in fed)
-            w.line(f"out = _compute(B, *dims, {args})")
+            w.line(f"out = _compute(B, {self._dims_args()}{args})")
             fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
             w.line(f"return {fresh} if copy else out")
         w.line("")
@@ -563,6 +563,10 @@ class ModuleEmitter:
         if len(fns) > 1:
             self._train_step(w)
             self._checkpoints(w)
+
+    def _dims_args(self) -> str:
+        """The bound dims as arguments, one by one: a ``*dims`` call would build a tuple of every argument."""
+        return "".join(f"dims[{k}], " for k in range(len(self.dims)))
 
     def _init_state(self, w: CodeWriter) -> None:
         w.line("")
@@ -614,7 +618,7 @@ class ModuleEmitter:
             self._write_back(after)
             if STEP_COUNTER in state:
                 after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
-            w.line(f"{'out =' if after.lines else 'return'} _train(B, *dims, {args})")
+            w.line(f"{'out =' if after.lines else 'return'} _train(B, {self._dims_args()}{args})")
             if after.lines:
                 w.lines.extend("    " * w.depth + line for line in after.lines)
                 w.line("return out")

@@ -19,20 +19,21 @@ from graphc.ops.elementwise import work_dtype
 LOWERINGS = Lowerings()
 
 
-def _chain(st, expr, out: str, full_shape, values=()) -> None:
+def _chain(st, expr, out: str, full_shape, values=(), scratch=None) -> dict:
     """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``);
     ``values`` name the full-size arrays standing for the symbols after the inputs' (a fused update's earlier
-    results)."""
+    results), ``scratch(dtype)`` hands out temporaries (default: new ones). Returns the temporaries it used."""
     operands = [*st.args, *values]
     names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(operands)}
     names.update(st.fn.dim_names)
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
     small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
     work = work_dtype(expr, [n.dtype for n in ins] + [st.node.dtype] * len(values))
-    chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
+    chain = UfuncChain(names, scratch or (lambda dtype: st.scratch(dtype, full_shape)), st.node.dtype, st.fn.printer,
                        f"node {st.node.label}", small, full_shape, use=st.module.use, work=work)
     for text in chain.run(expr, out):
         st.line(text)
+    return chain.dtypes
 
 
 @LOWERINGS.register("ew")
@@ -49,11 +50,19 @@ def _axes(node):
 def _fused_update(st):
     """Each expression in turn as an in-place chain into the param or state it updates (a value only later
     expressions read goes to a scratch buffer), under a comment saying what it computes."""
-    values = []
+    values, free = [], []  # temporaries of one chain serve the next: the update's working set stays small
+
+    def scratch(dtype):
+        spare = next((t for t, d in free if d == dtype), None)
+        if spare is None:
+            return st.scratch(dtype)
+        free.remove((spare, dtype))
+        return spare
+
     for expr, slot in zip(st.node.attr("exprs"), st.node.attr("targets")):
         out = st.args[slot] if slot >= 0 else st.scratch(st.node.dtype)
         st.line(f"# {out} = {expression(expr, [*st.args, *values])}")
-        _chain(st, expr, out, st.node.shape, values)
+        free += _chain(st, expr, out, st.node.shape, values, scratch).items()
         values.append(out)
 
 
@@ -80,6 +89,9 @@ def _sum_ew(st):
     if pair and not n.attr("keepdims") and all(tuple(i.shape) == tuple(full) for i in ins):
         letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
         kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
+        if not kept:  # a dot product: BLAS, and no per-call allocation (einsum allocates ~1.4 kB into a 0-d out)
+            flat = [f"{a}.reshape(-1)" for a in pair]
+            return st.line(f"{st.xp}.dot({flat[0]}, {flat[1]}, out={st.out})")
         return st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
     tmp = st.scratch(n.dtype, full)
     _chain(st, expr, tmp, full)

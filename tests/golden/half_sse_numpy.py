@@ -129,7 +129,7 @@ _compute_cache = threading.local()
 def _compute(B, m, x, t, W):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    sum_ew = np.dot(dy.reshape(-1), dy.reshape(-1), out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # xᵀ  3×m
     dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
@@ -153,7 +153,7 @@ _train_cache = threading.local()
 def _train(B, m, x, t, W, lr):
     y = np.matmul(x, W, out=B[0])  # x @ W  m×2
     dy = np.subtract(y, t, out=B[1])  # y - t  m×2
-    sum_ew = np.einsum('ab,ab->', dy, dy, out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
+    sum_ew = np.dot(dy.reshape(-1), dy.reshape(-1), out=B[2])  # sum(dy**2, axis=(0, 1))  scalar
     loss = np.multiply(sum_ew, 1/2, out=B[3])  # sum_ew/2  scalar
     transpose = x.transpose((1, 0))  # xᵀ  3×m
     dW = np.matmul(transpose, dy, out=B[4])  # transpose @ dy  3×2
@@ -167,7 +167,7 @@ def run(feeds, copy=True):
     copy=False the module's reused buffers themselves, valid until the next call."""
     dims = _check(feeds, ('x', 't', 'W'))
     B = _buffers(_compute_cache, dims, _compute_allocate)
-    out = _compute(B, *dims, feeds['x'], feeds['t'], feeds['W'])
+    out = _compute(B, dims[0], feeds['x'], feeds['t'], feeds['W'])
     return {name: np.array(value, copy=True) for name, value in out.items()} if copy else out
 
 
@@ -177,13 +177,13 @@ def init_params(seed=0):
 
 
 def train_step(params, batch, state=None, lr=0.1):
-    """One training step, SGD(lr=0.1): updates the params and state in place; returns the
-    outputs (reused buffers)."""
+    """One training step, SGD(lr=0.1): updates the params and state in place; returns the outputs (reused
+    buffers)."""
     dims = _check(batch, ('x', 't'))
     _check(params, ('W',), dims)
     _check({} if state is None else state, (), dims)
     B = _buffers(_train_cache, dims, _train_allocate)
-    return _train(B, *dims, batch['x'], batch['t'], params['W'], lr)
+    return _train(B, dims[0], batch['x'], batch['t'], params['W'], lr)
 
 
 def save(path, params, state=None):
