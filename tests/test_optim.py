@@ -44,6 +44,10 @@ def batches(dtype, steps=STEPS, size=8):
     return [{"x": rng.normal(size=(size, 6)).astype(dtype), "t": rng.integers(0, 4, size)} for _ in range(steps)]
 
 
+def torch_loss(tp, x, t):
+    return torch.nn.functional.cross_entropy(torch.tanh(x @ tp["W1"] + tp["b1"]) @ tp["W2"] + tp["b2"], t)
+
+
 def torch_run(params, data, make_optimizer, make_schedule=None, clip=None):
     """Losses and final params of ``len(data)`` steps of torch.optim on the same model."""
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
@@ -51,9 +55,7 @@ def torch_run(params, data, make_optimizer, make_schedule=None, clip=None):
     schedule = make_schedule(optimizer) if make_schedule else None
     losses = []
     for batch in data:
-        x, t = torch.from_numpy(batch["x"]), torch.from_numpy(batch["t"])
-        logits = torch.tanh(x @ tp["W1"] + tp["b1"]) @ tp["W2"] + tp["b2"]
-        loss = torch.nn.functional.cross_entropy(logits, t)
+        loss = torch_loss(tp, torch.from_numpy(batch["x"]), torch.from_numpy(batch["t"]))
         optimizer.zero_grad()
         loss.backward()
         if clip is not None:
@@ -121,6 +123,37 @@ def test_steps_match_torch_optim(name, dtype):
         assert rel_error(params[k], expected[k]) <= TOL[dtype], k
     if "step" in state:
         assert int(state["step"]) == STEPS
+
+
+def dp_torch_run(params, data, make_optimizer, clip):
+    """torch.optim fed DP-SGD's gradient: every example's gradient clipped to norm ``clip``, then averaged."""
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    optimizer, losses = make_optimizer(list(tp.values())), []
+    for batch in data:
+        per_example = []
+        x, t = torch.from_numpy(batch["x"]), torch.from_numpy(batch["t"])
+        for i in range(len(t)):
+            per_example.append(torch.autograd.grad(torch_loss(tp, x[i:i + 1], t[i:i + 1]), list(tp.values())))
+        scales = [1 / max(1.0, torch.sqrt(sum((g ** 2).sum() for g in grads)).item() / clip) for grads in per_example]
+        for k, p in enumerate(tp.values()):
+            p.grad = sum(s * grads[k] for s, grads in zip(scales, per_example)) / len(per_example)
+        with torch.no_grad():
+            losses.append(torch_loss(tp, x, t).item())
+        optimizer.step()
+    return np.array(losses), {k: v.detach().numpy() for k, v in tp.items()}
+
+
+@pytest.mark.parametrize("optimizer,make_torch", [
+    (gc.Adam(0.01, clip_per_example=0.5), lambda p: torch.optim.Adam(p, 0.01)),
+    (gc.SGD(0.1, momentum=0.9, clip_per_example=0.5), lambda p: torch.optim.SGD(p, 0.1, momentum=0.9))])
+def test_dp_sgd_gradients_feed_any_update_rule(optimizer, make_torch):
+    data = batches("float64", steps=20)
+    initial = gc.init_params(mlp("float64"), seed=3)
+    expected_losses, expected = dp_torch_run(initial, data, make_torch, 0.5)
+    losses, params, _ = graphc_run(optimizer, "float64", data, {k: v.copy() for k, v in initial.items()})
+    assert rel_error(losses, expected_losses) <= 1e-10
+    for k in expected:
+        assert rel_error(params[k], expected[k]) <= 1e-10, k
 
 
 # -- CuPy: the same steps on a GPU, or on the emulated one -------------------------------------------------------
