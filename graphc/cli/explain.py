@@ -51,9 +51,12 @@ def measure(prog, feeds: dict) -> dict:
     module = prog.module
     params = {k: v.copy() for k, v in feeds.items() if k in prog.graph.params}
     batch = {k: v for k, v in feeds.items() if k not in prog.graph.params}
+    state = module.init_state(params) if hasattr(module, "init_state") else {}
+    if not training:
+        feeds = {**feeds, **state}
 
     def step():
-        return module.train_step(params, batch) if training else module.run(feeds)
+        return module.train_step(params, batch, state) if training else module.run(feeds)
 
     step()  # warm-up: buffers are allocated once per batch size
     tracemalloc.start()
