@@ -558,7 +558,7 @@ class ModuleEmitter:
             w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
             fresh = self._array_text("init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], seed, index)")
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
-        if self.state_names():
+        if self.state_names() or len(fns) > 1:  # every training step has one, if only to return {}
             self._init_state(w)
         if len(fns) > 1:
             self._train_step(w)

@@ -63,7 +63,7 @@ class Program:
 
     def init_state(self, params: dict) -> dict:
         """Fresh training state (optimizer moments, the step counter, the graph's own state) for ``params``."""
-        return self._training("init_state")(params) if hasattr(self.module, "init_state") else {}
+        return self._training("init_state")(params)
 
     def save(self, path, params: dict, state: dict | None = None) -> None:
         """Params and state into the .npz file ``path``, atomically."""

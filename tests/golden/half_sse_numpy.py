@@ -176,6 +176,13 @@ def init_params(seed=0):
     return {name: init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], seed, index) for index, (name, spec) in enumerate(PARAMS.items())}
 
 
+def init_state(params):
+    """Fresh state for training params (checked against PARAMS), from the declared initializers:
+    moments and velocities at zero, the step counter at 0."""
+    _check(params, tuple(PARAMS), _ANY_DIMS)
+    return {name: init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], 0, index) for index, (name, spec) in enumerate(STATE.items())}
+
+
 def train_step(params, batch, state=None, lr=0.1):
     """One training step, SGD(lr=0.1): updates the params and state in place; returns the outputs (reused
     buffers)."""
