@@ -125,6 +125,25 @@ def test_steps_match_torch_optim(name, dtype):
         assert int(state["step"]) == STEPS
 
 
+def test_lr_passed_to_a_step_wins_over_the_schedule():
+    data = batches("float64", steps=4)
+    initial = gc.init_params(mlp("float64"), seed=3)
+    prog = gc.compile(mlp("float64"), loss="loss", optimizer=gc.Adam(0.01, schedule=S.cosine(10)))
+    params = {k: v.copy() for k, v in initial.items()}
+    state = prog.init_state(params)
+    for batch, lr in zip(data, (None, 0.05, None, 0.2)):
+        prog.train_step(params, batch, state, **({} if lr is None else {"lr": lr}))
+    torch_lrs = [0.01 * (1 + np.cos(np.pi * k / 10)) / 2 if lr is None else lr
+                 for k, lr in enumerate((None, 0.05, None, 0.2))]  # the cosine's, but where a step was given one
+
+    def scheduled(o):
+        return sched.LambdaLR(o, lambda k: torch_lrs[k] / 0.01 if k < 4 else 1.0)
+
+    _, expected = torch_run(initial, data, lambda p: torch.optim.Adam(p, 0.01), scheduled)
+    for k in expected:
+        assert rel_error(params[k], expected[k]) <= 1e-10, k
+
+
 def dp_torch_run(params, data, make_optimizer, clip):
     """torch.optim fed DP-SGD's gradient: every example's gradient clipped to norm ``clip``, then averaged."""
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
