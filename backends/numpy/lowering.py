@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sympy
 
-from graphc.backends.emitter import Lowerings
+from graphc.backends.emitter import Lowerings, expr_label
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.backends.numpy.ufuncs import UfuncChain
 from graphc.core.describe import expression
@@ -59,9 +59,14 @@ def _fused_update(st):
         free.remove((spare, dtype))
         return spare
 
-    for expr, slot in zip(st.node.attr("exprs"), st.node.attr("targets")):
-        out = st.args[slot] if slot >= 0 else st.scratch(st.node.dtype)
-        st.line(f"# {out} = {expression(expr, [*st.args, *values])}")
+    for expr, slot, name in zip(*(st.node.attr(k) for k in ("exprs", "targets", "names"))):
+        text = expression(expr, [*st.args, *values])
+        if slot >= 0:
+            out = st.args[slot]
+            st.line(f"# {out} = {text}")
+        else:  # a value only the later expressions read, in a buffer of its own
+            out = st.fn.names.fresh(name or expr_label(expr))
+            st.line(f"{out} = {st.scratch(st.node.dtype)}  # {text}")
         free += _chain(st, expr, out, st.node.shape, values, scratch).items()
         values.append(out)
 

@@ -176,25 +176,20 @@ defop("ew", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp, batch_axis=_ew_batch_ax
 # -- fused_update: several elementwise expressions over the same elements, run in one loop ------------------------
 # ``exprs`` read the node's inputs ``_0 … _{n-1}`` and the values of the expressions before them (``_{n+j}`` is
 # expression j's); ``targets[k]`` is the input slot of the param or state expression k overwrites in place, or -1
-# for a value only later expressions read. An expression never reads the old value of a target written before it.
+# for a value only later expressions read (``names[k]``: its name, or None). An expression never reads the old value
+# of a target written before it.
 # The fuse_updates pass makes them from a param's update and its optimizer state's (one CUDA kernel per param).
 def _fused_update_infer(nodes, attrs):
     return _ew_infer(nodes, {"expr": attrs["exprs"][-1]})
 
 
-def fused_values(node, args: list) -> list:
-    """The value of every expression of a ``fused_update`` node, in order, given its inputs' values."""
-    values = []
-    for expr in node.attr("exprs"):
-        env = {arg(i): a for i, a in enumerate([*args, *values])}
-        with np.errstate(all="ignore"):
-            values.append(np.asarray(interpret(expr, env)).astype(node.dtype))
-    return values
-
-
 def _fused_update_impl(node, env, *args):
     """The new values of the targets, in order (the reference; generated code writes them in place)."""
-    values = fused_values(node, list(args))
+    values = []
+    for expr in node.attr("exprs"):
+        known = {**env, **{arg(i): a for i, a in enumerate([*args, *values])}}
+        with np.errstate(all="ignore"):
+            values.append(np.asarray(interpret(expr, known)).astype(node.dtype))
     return tuple(v for v, slot in zip(values, node.attr("targets")) if slot >= 0)
 
 

@@ -51,7 +51,7 @@ class Adam(Optimizer):
         beta1, beta2 = map(scalar, self.betas)
         decay = scalar(self.weight_decay)
         if decay and not self.DECOUPLED:
-            grad = ew(arg(0) + decay * arg(1), [grad, param], "weight_decay")
+            grad = ew(arg(0) + decay * arg(1), [grad, param], "weight_decay", name=f"g_{param.name}")
         m = ew(beta1 * arg(0) + (1 - beta1) * arg(1), [slots["m"], grad], "adam_m")
         v = ew(beta2 * arg(0) + (1 - beta2) * arg(1) ** 2, [slots["v"], grad], "adam_v")
         new = {"m": m, "v": v}

@@ -42,7 +42,8 @@ class SGD(Optimizer):
     def update(self, param, grad, slots):
         mu = scalar(self.momentum)
         if self.weight_decay:
-            grad = ew(arg(0) + scalar(self.weight_decay) * arg(1), [grad, param], "weight_decay")
+            decay = scalar(self.weight_decay)
+            grad = ew(arg(0) + decay * arg(1), [grad, param], "weight_decay", name=f"g_{param.name}")
         if not self.momentum:
             return {"": ew(arg(0) - LR * arg(1), [param, grad], "sgd_update")}
         weight = GRAD_WEIGHT if self.dampening else 1

@@ -18,8 +18,10 @@ def training_graph(graph, loss: str, optimizer):
     params = [Tensor(new, new.params[name]) for name in graph.params]
     grads = gradients(new, Tensor(new, new.outputs[loss]), params, optimizer)
     with new, new.in_phase("update"):
-        grads = optimizer.clip(grads)
-        for p, g in zip(params, grads):
+        for p, g, clipped in zip(params, grads, optimizer.clip(grads)):
+            if clipped.id != g.id:
+                clipped.named(f"g_{p.name}")  # the gradient the rule steps with
+            g = clipped
             slots = {slot: slot_state(new, p, slot, optimizer) for slot in optimizer.slots()}
             for slot, value in optimizer.update(p, g, slots).items():
                 target = slots[slot] if slot else p

@@ -104,5 +104,6 @@ def _fused(rb, graph, group: list[int], targets: dict) -> int:
                 for k, i in enumerate(node.inputs)}
         exprs.append(node.attr("expr").xreplace(subs))
     written = tuple(slot[fed[targets[n]]] if n in targets else -1 for n in group)
-    last = graph.nodes[group[-1]]
-    return rb.add(last, "fused_update", [rb.arg(i) for i in outside], {"exprs": tuple(exprs), "targets": written})
+    last, names = graph.nodes[group[-1]], tuple(graph.nodes[n].name for n in group)
+    attrs = {"exprs": tuple(exprs), "targets": written, "names": names}
+    return rb.add(last, "fused_update", [rb.arg(i) for i in outside], attrs)
