@@ -607,10 +607,10 @@ class ModuleEmitter:
             for name in scheduled:
                 with w.block(f"if {name} is None:"):
                     w.line(f"{name} = {name}_at(step)")
+            self._train_args(w, t.hypers)
             for name, expr in t.scalars.items():
                 w.line(f"{name} = {host.doprint(expr)}")
             self._to_device(w, "batch", "params", *(["state"] if state else []))
-            self._train_args(w, t.hypers)
             w.line("B = _buffers(_train_cache, dims, _train_allocate)")
             args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
                               *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])

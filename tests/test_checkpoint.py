@@ -5,6 +5,8 @@ import pytest
 
 import graphc as gc
 
+from helpers import cupy_or_skip
+
 m = gc.dim("m")
 
 
@@ -93,3 +95,20 @@ def test_load_refuses_pickles_and_arrays_it_does_not_declare(module, tmp_path):
     np.savez(tmp_path / "wrong.npz", **{**arrays, "state/step": np.zeros(())})
     with pytest.raises(ValueError, match="step expects int64"):
         module.load(tmp_path / "wrong.npz")
+
+
+@pytest.mark.gpu
+def test_gpu_checkpoints_hold_device_arrays_and_a_host_step_counter(tmp_path):
+    cp = cupy_or_skip()
+    prog = gc.compile(model(), backend="cupy", loss="loss", optimizer=OPTIMIZER)
+    params = prog.init_params(seed=2)
+    state = prog.init_state(params)
+    for batch in batches(2):
+        prog.train_step(params, batch, state)
+    assert isinstance(state["step"], np.ndarray) and int(state["step"]) == 2  # read without waiting on the GPU
+    prog.save(tmp_path / "ckpt.npz", params, state)
+    loaded_params, loaded_state = prog.load(tmp_path / "ckpt.npz")
+    assert isinstance(loaded_params["W1"], cp.ndarray) and isinstance(loaded_state["step"], np.ndarray)
+    for name, value in {**params, **state}.items():
+        again = loaded_params.get(name, loaded_state.get(name))
+        assert np.array_equal(cp.asnumpy(cp.asarray(again)), cp.asnumpy(cp.asarray(value))), name

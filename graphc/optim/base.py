@@ -11,6 +11,7 @@ from graphc.dsl import Tensor
 from graphc.ops.elementwise import add_all, arg, ew, scalar
 from graphc.ops.functions import Minimum
 from graphc.ops.reduce import reduce_sum
+from graphc.optim.schedules import Schedule
 from graphc.transforms.per_example import dp_sgd_gradients
 
 LR = sympy.Symbol("lr", positive=True)  # an argument of the generated train_step, defaulting to the optimizer's lr
@@ -36,7 +37,7 @@ class Optimizer:
     """
     lr: float = 0.01
     _: KW_ONLY
-    schedule: object = None
+    schedule: Schedule | None = None
     clip_grad_norm: float | None = None
     clip_per_example: float | None = None
     noise: float = 0.0
@@ -55,7 +56,7 @@ class Optimizer:
                              "(the noise is scaled by the clipping norm)")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise GraphError(f"{who}: seed must be a non-negative int, not {self.seed!r}")
-        if self.schedule is not None and not callable(self.schedule):
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
             raise GraphError(f"{who}: schedule must be one of gc.schedules, not {self.schedule!r}")
         self.check()
 
@@ -69,7 +70,7 @@ class Optimizer:
     def describe(self) -> str:
         """``Adam(lr=0.001, weight_decay=0.01)``: the optimizer with the options that differ from the defaults."""
         items = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
-                 if f.name != "_" and (f.name == "lr" or getattr(self, f.name) != f.default)]
+                 if f.name == "lr" or getattr(self, f.name) != f.default]
         return f"{type(self).__name__}({', '.join(items)})"
 
     def learning_rate(self):
