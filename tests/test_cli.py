@@ -85,3 +85,17 @@ def test_explain_measures_a_step_that_keeps_state(tmp_path, capsys):
     model.write_text(MODEL)
     assert main(["explain", str(model), "--optimizer", "sgd", "--momentum", "0.9"]) == 0
     assert "fuse_updates" in capsys.readouterr().out
+
+
+STATE_MODEL = MODEL.replace('''    g.output(''', '''    centre = gc.state("centre", (3,))
+    gc.assign(centre, 0.9 * centre + 0.1 * gc.mean(x, axis=0))
+    x = x - centre
+    g.output(''')
+
+
+def test_check_and_explain_feed_the_graphs_own_state(tmp_path, capsys):
+    model = tmp_path / "centred.py"
+    model.write_text(STATE_MODEL)
+    assert main(["check", str(model)]) == 0
+    assert main(["explain", str(model), "--optimizer", "adam"]) == 0
+    assert "all gradients match" in capsys.readouterr().out
