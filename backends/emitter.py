@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 
 import numpy as np
 import sympy
+from sympy.printing.pycode import PythonCodePrinter
 
 from graphc.backends import runtime
 from graphc.backends.codewriter import CodeWriter
@@ -24,8 +26,10 @@ from graphc.core import shapes
 from graphc.core.describe import describe
 from graphc.core.errors import GraphError
 from graphc.core.initializers import init_array
-from graphc.core.naming import dim_names
+from graphc.core.ir import STEP
+from graphc.core.naming import Names, dim_names
 from graphc.core.registry import OPS
+from graphc.dsl import STEP_COUNTER
 
 
 class Lowerings(dict):
@@ -106,6 +110,25 @@ def expr_label(expr) -> str:
     return type(expr).__name__.lower()
 
 
+def docstring(w: CodeWriter, text: str) -> None:
+    """A function's docstring, wrapped to the line length of the generated file."""
+    lines = textwrap.wrap(f'"""{text}"""', 116 - 4 * w.depth, break_long_words=False, break_on_hyphens=False)
+    for line in lines:
+        w.line(line)
+
+
+class HostPrinter(PythonCodePrinter):
+    """Plain Python for the scalars a training step computes once per step on the host (a schedule's learning rate,
+    bias corrections): Python floats, ``math`` functions, ``step // k``; the same text for every backend."""
+
+    def __init__(self):
+        super().__init__({"fully_qualified_modules": True})
+
+    def _print_floor(self, expr):
+        numerator, denominator = expr.args[0].as_numer_denom()
+        return f"(({self._print(numerator)})//{self.parenthesize(denominator, 100)})"
+
+
 class FunctionEmitter:
     """Emits one function computing the roots of a graph (and applying its param updates in place)."""
 
@@ -118,15 +141,22 @@ class FunctionEmitter:
         self.checked: set = set()  # (labels, classes) already checked in this function
         self.lines: dict[int, tuple[int, int]] = {}  # node id -> [start, end) of its lines in the body
         needed = graph.needed(graph.roots())
+        fed = graph.fed()
         updates = {nid: name for name, nid in graph.updates.items()}
-        late = deferred_updates(graph, needed, {nid: graph.params[name] for nid, name in updates.items()})
+        self.written = {nid: [n for n, i in graph.updates.items() if i == nid] for nid in updates}
+        late = deferred_updates(graph, needed, {nid: fed[name] for nid, name in updates.items()})
         if module.check_numerics:  # every value is checked before any param is written
             late = set(updates)
+        if any(graph.nodes[nid].op == "fused_update" for nid in late):
+            raise GraphError("a fused update cannot be deferred: compile without the fuse_updates pass")
         self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
         self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
         named = graph.names()  # one naming: a variable has the name diagrams and graphc explain show
-        for nid in (*graph.inputs.values(), *graph.params.values(), *sorted(needed)):
+        for nid in (*fed.values(), *sorted(needed)):
             self.var[nid] = named[nid]
+        for nid, name in self.updates.items():
+            self.var[nid] = self.var[fed[name]]  # a new value written in place is read there
+        self.names = Names([*module.dim_vars.values(), *graph.hypers, *graph.scalars, *named.values()])  # locals
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
@@ -135,7 +165,7 @@ class FunctionEmitter:
     def _computed(self, node) -> bool:
         """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""
         op = OPS[node.op]
-        return not op.view and op.source not in ("input", "param", "const")
+        return not op.view and not op.given
 
     def _needs_buffer(self, node) -> bool:
         return self._computed(node) and node.id not in self.updates
@@ -151,7 +181,7 @@ class FunctionEmitter:
 
     def _lower(self, st):
         node = st.node
-        if node.id in self.updates and node.op != "ew":  # a param's new value computed elsewhere: copy it in
+        if node.id in self.updates and not OPS[node.op].in_place:  # a new value computed elsewhere: copy it in
             st.line(f"{self.module.XP}.copyto({st.out}, {st.args[0]})")
             return
         lower = self.module.LOWERINGS.get(node.op)
@@ -216,7 +246,7 @@ class FunctionEmitter:
         st.out = self.updates.get(nid) or name
         st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
         if nid in self.updates:
-            w.line(f"{comment} (update of {st.out}, in place)")
+            w.line(f"{comment} (update of {', '.join(self.written[nid])}, in place)")
             for text in st.lines:
                 w.line(text)
             self._check_numerics(w, node, st.out)
@@ -284,7 +314,8 @@ class Emitted:
     """
 
     def __init__(self, fe: FunctionEmitter, offset: int):
-        self.graph, self.names = fe.graph, dict(fe.var)
+        named = fe.graph.names()  # an update written in place is its param's variable in code, new_W1 here
+        self.graph, self.names = fe.graph, {nid: named[nid] for nid in fe.var}
         self.lines = {nid: (offset + a + 1, offset + b) for nid, (a, b) in fe.lines.items()}
         self.storage = {nid: fe.storage(nid) for nid in fe.var}
 
@@ -292,8 +323,8 @@ class Emitted:
 class ModuleEmitter:
     """The whole generated module: docstring, checks, buffers, run / init_params / train_step, helpers.
 
-    A backend subclass sets the class attributes and overrides ``_to_device`` / ``_train_return`` where its
-    module differs.
+    A backend subclass sets the class attributes and overrides ``_to_device`` / ``_train_args`` / ``_write_back``
+    where its module differs.
     """
 
     BACKEND = TITLE = XP = ""
@@ -377,8 +408,28 @@ class ModuleEmitter:
     def _train_args(self, w: CodeWriter, hypers) -> None:
         """Statements preparing the hyper-parameters (the learning rate) for the kernels; none for NumPy."""
 
-    def _train_return(self, w: CodeWriter, call: str) -> None:
-        w.line(f"return {call}")
+    def _write_back(self, w: CodeWriter) -> None:
+        """Statements returning the updated params and state to the caller's arrays; none for NumPy (in place)."""
+
+    # -- what lives between calls: params, state and the step counter ----------------------------------------
+    def kept(self) -> dict:
+        """Name -> (shape, dtype, init) of the arrays the caller keeps: params, then state (the step counter first,
+        where a schedule or an optimizer reads it)."""
+        g, t = self.graph, self.train_graph
+        table = {n: self._spec(g.nodes[i]) for n, i in g.params.items()}
+        if t is not None and t.counts_steps():
+            table[STEP_COUNTER] = ((), "int64", ("zeros",))
+        table.update({n: self._spec(g.nodes[i]) for n, i in g.state.items()})
+        if t is not None:
+            table.update({n: self._spec(t.nodes[i]) for n, i in t.state.items()})
+        return table
+
+    @staticmethod
+    def _spec(node) -> tuple:
+        return tuple(node.shape), node.dtype, node.attr("init")
+
+    def state_names(self) -> list[str]:
+        return [n for n in self.kept() if n not in self.graph.params]
 
     def source(self) -> str:
         w = CodeWriter()
@@ -386,39 +437,33 @@ class ModuleEmitter:
         fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
         if self.train_graph is not None:
             fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
-        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} '
-               f'({self.TITLE} backend, opt level {self.opt_level}).')
-        w.line("")
-        w.line(f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs"
-               + (", train_step(params, batch) for one SGD step." if self.train_graph is not None else "."))
-        if self.train_graph is not None:
-            w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
-        w.line("Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.")
-        w.line("")
-        for title, table in (("Inputs", g.inputs), ("Params", g.params), ("Outputs", g.outputs)):
-            w.line(f"{title}:")
-            for name, nid in table.items():
-                node = g.nodes[nid]
-                extra = f", init {node.attr('init')[0]}" if node.op == "param" else ""
-                w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}{extra}")
-        w.line('"""')
-        w.line("import threading")
-        w.line("")
-        for text in self.IMPORTS:
-            w.line(text)
-        w.line("")
         body = {}
         for fname, fe in fns:
             cw = CodeWriter()
             cw.depth = 1
             fe.body(cw)
             body[fname] = cw
+        api = CodeWriter()
+        self._api(api, fns)
+        self._docstring(w)
+        if "math." in "\n".join(api.lines):
+            w.line("import math")
+        if self.train_graph is not None:
+            w.line("import os")
+        w.line("import threading")
+        w.line("")
+        for text in self.IMPORTS:
+            w.line(text)
+        w.line("")
         w.line("")
         w.line(f"DIMS = {tuple(d.name for d in self.dims)!r}")
         w.line("INPUTS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
                                         for n, i in g.inputs.items()) + "}")
-        w.line("PARAMS = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r}, "
-                                        f"{g.nodes[i].attr('init')!r})" for n, i in g.params.items()) + "}")
+        kept = self.kept()
+        for title, names in (("PARAMS", g.params), ("STATE", self.state_names())):
+            if names or title == "PARAMS" or self.train_graph is not None:
+                w.line(f"{title} = {{" + ", ".join(f"{n!r}: ({shapes.fmt(kept[n][0])!r}, {kept[n][1]!r}, "
+                                                   f"{kept[n][2]!r})" for n in names) + "}")
         w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
         for name, text in self.constants.values():
             w.line(f"{name} = {text}")
@@ -428,8 +473,8 @@ class ModuleEmitter:
         self._checks(w)
         for fname, fe in fns:
             self._buffers(w, fname, fe)
-            fed = [fe.var[i] for i in (*fe.graph.inputs.values(), *fe.graph.params.values())]
-            args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers])
+            fed = [fe.var[i] for i in fe.graph.fed().values()]
+            args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers, *fe.graph.scalars])
             w.line("")
             with w.block(f"def {fname}({args}):"):
                 self.emitted[fname] = Emitted(fe, len(w.lines))
@@ -437,11 +482,42 @@ class ModuleEmitter:
                 outs = ", ".join(f"{n!r}: {fe.var[i]}" for n, i in fe.graph.outputs.items())
                 w.line(f"return {{{outs}}}")
             w.line("")
-        self._api(w, fns)
+        w.lines.extend(api.lines)
         w.line("")
         w.line("")
         w.lines.extend(inspect.getsource(init_array).rstrip().splitlines())
         return w.text()
+
+    def _docstring(self, w: CodeWriter) -> None:
+        g, t = self.graph, self.train_graph
+        w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} '
+               f'({self.TITLE} backend, opt level {self.opt_level}).')
+        w.line("")
+        usage = f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs" + (
+            f"; train_step(params, batch, state) for one training step, {t.update_rule} (state = init_state(params),"
+            " or none where the step keeps none); save(path, params, state) and load(path) for checkpoints."
+            if t is not None else ".")
+        for line in textwrap.wrap(usage, 116, break_long_words=False, break_on_hyphens=False):
+            w.line(line)
+        if t is not None:
+            w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+        w.line("Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.")
+        w.line("")
+        kept = self.kept()
+        tables = (("Inputs", list(g.inputs)), ("Params", list(g.params)), ("State", self.state_names()),
+                  ("Outputs", list(g.outputs)))
+        for title, names in tables:
+            if not names and title == "State":
+                continue
+            w.line(f"{title}:")
+            for name in names:
+                if name in kept:
+                    shape, dtype, init = kept[name]
+                    w.line(f"    {name}: {shapes.fmt(shape)} {dtype}, init {init[0]}")
+                else:
+                    node = g.nodes[g.inputs.get(name, g.outputs.get(name))]
+                    w.line(f"    {name}: {shapes.fmt(node.shape)} {node.dtype}")
+        w.line('"""')
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
@@ -477,17 +553,19 @@ class ModuleEmitter:
             w.line("return dims")
         w.line("")
         g = self.graph
-        spec = {**g.inputs, **g.params}
-        w.line("_SPEC = {" + ", ".join(f"{n!r}: ({shapes.fmt(g.nodes[i].shape)!r}, {g.nodes[i].dtype!r})"
-                                       for n, i in spec.items()) + "}")
+        spec = {n: (g.nodes[i].shape, g.nodes[i].dtype) for n, i in g.inputs.items()}
+        spec.update({n: (shape, dtype) for n, (shape, dtype, _) in self.kept().items()})
+        w.line("_SPEC = {" + ", ".join(f"{n!r}: ({shapes.fmt(shape)!r}, {dtype!r})"
+                                       for n, (shape, dtype) in spec.items()) + "}")
         dims = ", ".join(self.dim_vars.values())
         printer = self.printer(self.dim_vars)
         w.line("_SHAPES = {")
-        for n, i in spec.items():
-            dims_text = ", ".join(printer.doprint(d) for d in g.nodes[i].shape)
-            tup = f"({dims_text},)" if len(g.nodes[i].shape) == 1 else f"({dims_text})"
+        for n, (shape, _) in spec.items():
+            dims_text = ", ".join(printer.doprint(d) for d in shape)
+            tup = f"({dims_text},)" if len(shape) == 1 else f"({dims_text})"
             w.line(f"    {n!r}: lambda {dims}: {tup},".replace("lambda :", "lambda:"))  # shape at the bound dims
         w.line("}")
+        w.line(f"_ANY_DIMS = {tuple(1 for _ in self.dims)!r}  # params and state have no symbolic dims")
 
     def requirements(self) -> list:
         """(condition on the dims, what needs it) of every op of the module, each once: ``m - 2 >= 0``."""
@@ -532,36 +610,104 @@ class ModuleEmitter:
 
     def _api(self, w: CodeWriter, fns) -> None:
         g = self.graph
-        inputs = list(g.inputs)
-        params = list(g.params)
+        fed = list(g.fed())
         with w.block("def run(feeds, copy=True):"):
-            w.line('"""The graph\'s outputs for feeds (every input and param by name): fresh arrays, or with')
+            w.line('"""The graph\'s outputs for feeds (every input, param and state by name): fresh arrays, or with')
             w.line('copy=False the module\'s reused buffers themselves, valid until the next call."""')
-            w.line(f"dims = _check(feeds, {tuple(inputs + params)!r})")
+            w.line(f"dims = _check(feeds, {tuple(fed)!r})")
             self._to_device(w, "feeds")
             w.line("B = _buffers(_compute_cache, dims, _compute_allocate)")
-            args = ", ".join(f"feeds[{n!r}]" for n in inputs + params)
-            w.line(f"out = _compute(B, *dims, {args})")
+            args = ", ".join(f"feeds[{n!r}]" for n in fed)
+            w.line(f"out = _compute(B, {self._dims_args()}{args})")
             fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
             w.line(f"return {fresh} if copy else out")
         w.line("")
         w.line("")
         with w.block("def init_params(seed=0):"):
             w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
-            ones = ", ".join("1" for _ in self.dims)
-            fresh = self._array_text(f"init_array(spec[2], _SHAPES[name]({ones}), spec[1], seed, index)")
+            fresh = self._array_text("init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], seed, index)")
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
+        if self.state_names() or len(fns) > 1:  # every training step has one, if only to return {}
+            self._init_state(w)
         if len(fns) > 1:
+            self._train_step(w)
+            self._checkpoints(w)
+
+    def _dims_args(self) -> str:
+        """The bound dims as arguments, one by one: a ``*dims`` call would build a tuple of every argument."""
+        return "".join(f"dims[{k}], " for k in range(len(self.dims)))
+
+    def _init_state(self, w: CodeWriter) -> None:
+        w.line("")
+        w.line("")
+        with w.block("def init_state(params):"):
+            w.line('"""Fresh state for training params (checked against PARAMS), from the declared initializers:')
+            w.line('moments and velocities at zero, the step counter at 0."""')
+            w.line("_check(params, tuple(PARAMS), _ANY_DIMS)")
+            host = "init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], 0, index)"
+            fresh = self._array_text(host)
+            if fresh != host and STEP_COUNTER in self.kept():
+                fresh = f"{host} if name == {STEP_COUNTER!r} else {fresh}"  # the step counter stays on the host
+            w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(STATE.items())}}")
+
+    def _train_step(self, w: CodeWriter) -> None:
+        t, inputs, params = self.train_graph, list(self.graph.inputs), list(self.graph.params)
+        state = self.state_names()
+        scheduled = {k: v for k, v in t.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
+        host = HostPrinter()
+        for name, value in scheduled.items():
             w.line("")
             w.line("")
-            hypers = self.train_graph.hypers
-            signature = "".join(f", {k}={v!r}" for k, v in hypers.items())
-            with w.block(f"def train_step(params, batch{signature}):"):
-                w.line('"""One SGD step: updates the param arrays in place; returns the outputs (reused buffers)."""')
-                w.line(f"dims = _check(batch, {tuple(inputs)!r})")
-                w.line(f"_check(params, {tuple(params)!r}, dims)")
-                self._to_device(w, "batch", "params")
-                self._train_args(w, hypers)
-                w.line("B = _buffers(_train_cache, dims, _train_allocate)")
-                args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), *hypers])
-                self._train_return(w, f"_train(B, *dims, {args})")
+            with w.block(f"def {name}_at(step):"):
+                docstring(w, f"{name} after `step` training steps: the schedule of {t.update_rule}.")
+                w.line(f"return {host.doprint(value)}")
+        w.line("")
+        w.line("")
+        defaults = "".join(f", {k}=None" if k in scheduled else f", {k}={v!r}" for k, v in t.hypers.items())
+        with w.block(f"def train_step(params, batch, {'state' if state else 'state=None'}{defaults}):"):
+            docstring(w, f"One training step, {t.update_rule}: updates the params and state in place; returns the "
+                         "outputs (reused buffers).")
+            w.line(f"dims = _check(batch, {tuple(inputs)!r})")
+            w.line(f"_check(params, {tuple(params)!r}, dims)")
+            w.line(f"_check(state, {tuple(state)!r}, dims)" if state else
+                   "_check({} if state is None else state, (), dims)")
+            if STEP_COUNTER in state:
+                w.line(f"step = int(state[{STEP_COUNTER!r}])  # training steps taken before this one")
+            for name in scheduled:
+                with w.block(f"if {name} is None:"):
+                    w.line(f"{name} = {name}_at(step)")
+            self._train_args(w, t.hypers)
+            for name, expr in t.scalars.items():
+                w.line(f"{name} = {host.doprint(expr)}")
+            self._to_device(w, "batch", "params", *(["state"] if state else []))
+            w.line("B = _buffers(_train_cache, dims, _train_allocate)")
+            args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
+                              *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])
+            after = CodeWriter()
+            self._write_back(after)
+            if STEP_COUNTER in state:
+                after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
+            w.line(f"{'out =' if after.lines else 'return'} _train(B, {self._dims_args()}{args})")
+            if after.lines:
+                w.lines.extend("    " * w.depth + line for line in after.lines)
+                w.line("return out")
+
+    def _checkpoints(self, w: CodeWriter) -> None:
+        """``save`` and ``load``: the runtime's, with loaded arrays made this backend's."""
+        w.line("")
+        w.line("")
+        for helper in (runtime.save, runtime._read_checkpoint):
+            w.lines.extend(inspect.getsource(helper).rstrip().splitlines())
+            w.line("")
+            w.line("")
+        with w.block("def load(path):"):
+            w.line('"""(params, state) from a file written by save, checked against the declared names, shapes and')
+            w.line('dtypes: training continues from them as if it had never stopped."""')
+            fresh = self._array_text("value")
+            if fresh == "value":
+                w.line("return _read_checkpoint(path)")
+            else:
+                w.line("params, state = _read_checkpoint(path)")
+                kept = f"value if name == {STEP_COUNTER!r} else {fresh}"  # the step counter stays on the host
+                w.line(f"return ({{name: {fresh} for name, value in params.items()}},")
+                w.line(f"        {{name: {kept} for name, value in state.items()}})")

@@ -1,5 +1,6 @@
 """Runtime helpers every generated module carries: real Python, copied into each file with ``inspect.getsource``
-(so a generated file runs without graphc). They name no array module: NumPy and CuPy modules share them."""
+(so a generated file runs without graphc). NumPy and CuPy modules share them: they read the module's own tables
+(``_SPEC``, ``PARAMS``, ``STATE``) and use NumPy (``np``) only for host arrays (checkpoints)."""
 
 
 def _explain(feeds, names):
@@ -52,3 +53,38 @@ def _buffers(cache, dims, allocate, keep=4):
             sizes.pop(next(iter(sizes)))  # the least recently used size
     sizes[dims] = B
     return B
+
+
+def save(path, params, state=None):
+    """Write params and state (as train_step keeps them) to the NumPy file ``path`` (.npz, no pickles), atomically: into
+    a temporary file of the same folder, renamed over ``path`` once complete, so no reader sees half a checkpoint."""
+    _check(params, tuple(PARAMS), _ANY_DIMS)
+    _check({} if state is None else state, tuple(STATE), _ANY_DIMS)
+    arrays = {**{f"params/{k}": v for k, v in params.items()}, **{f"state/{k}": v for k, v in (state or {}).items()}}
+    arrays = {k: v.get() if hasattr(v, "get") else v for k, v in arrays.items()}  # device arrays come to the host
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_checkpoint(path):
+    """(params, state) as host arrays from a file written by ``save``: no pickles, exactly the declared arrays."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+    if len(params) + len(state) != len(arrays):
+        stray = sorted(k for k in arrays if not k.startswith(("params/", "state/")))
+        raise ValueError(f"{path} holds arrays that are neither params nor state: {stray}")
+    _check(params, tuple(PARAMS), _ANY_DIMS)
+    _check(state, tuple(STATE), _ANY_DIMS)
+    return params, state

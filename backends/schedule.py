@@ -64,8 +64,7 @@ def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Pl
     end = len(order)
     for nid in keep_alive:
         last_use[storage.get(nid, nid)] = end
-    needs_buffer = needs_buffer or (lambda n: not OPS[n.op].view
-                                    and OPS[n.op].source not in ("input", "param", "const"))
+    needs_buffer = needs_buffer or (lambda n: not OPS[n.op].view and not OPS[n.op].given)
     buffers: list[Buffer] = []
     free: dict[tuple, list[int]] = {}
     buffer_of, scratch = {}, {}

@@ -20,14 +20,9 @@ _parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="t
 _parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
 _parser.add_argument("--rss", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)  # child process mode
 ARGS = _parser.parse_args() if __name__ == "__main__" else _parser.parse_args([])
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = str(ARGS.threads)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                           + ("true" if ARGS.threads > 1 else "false")).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if hasattr(os, "sched_setaffinity"):  # the hard limit: every thread of this process runs on the same N cores
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
+if __name__ == "__main__":  # a benchmark importing this one's helpers has set its own limits
+    from threads import limit
+    limit(ARGS.threads)
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402

@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- ops: made by docs/api.py -->", "<!-- /ops -->"
 NOT_OPS = {"Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile", "dim", "input", "param", "const",
            "init_params", "grad", "load_module", "render", "per_example_grads", "per_example_norms",
-           "clipped_mean_grads", "from_onnx"}
+           "clipped_mean_grads", "from_onnx", "state", "assign", "init_state", "Adam", "AdamW", "schedules"}
 
 
 def ops_markdown() -> str:

@@ -2,7 +2,9 @@
 
 The model is declared with graphc, built into build/mlp_digits_numpy.py, and trained with that file's train_step on
 minibatches; predictions come from the same file's run(). Needs the examples extra: pip install "graphc[examples]".
+`python examples/mlp_digits.py --optimizer adam` trains with Adam instead of plain SGD.
 """
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -15,7 +17,11 @@ from tqdm import tqdm
 import graphc as gc
 
 BUILD = Path(os.environ.get("GRAPHC_BUILD_DIR", "build"))
-EPOCHS, BATCH, LR = 20, 16, 0.3
+EPOCHS, BATCH = 20, 16
+OPTIMIZERS = {"sgd": gc.SGD(lr=0.3), "adam": gc.Adam(lr=0.003)}
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
+args = parser.parse_args()
 
 
 # The data: 1797 images of 8×8 pixels with values 0..16, scaled to [0, 1] float32; a fixed 75/25 split.
@@ -38,11 +44,12 @@ with gc.Graph("mlp_digits") as g:
     loss = gc.mean(gc.softmax_cross_entropy(logits, t))
     g.output(loss=loss, logits=logits)
 
-# Build: the generated file has run(), init_params() and train_step() (SGD with the learning rate baked in).
-prog = gc.compile(g, backend="numpy", loss="loss", optimizer=gc.SGD(lr=LR))
+# Build: the generated file has run(), init_params(), init_state() and train_step() (the update rule baked in).
+prog = gc.compile(g, backend="numpy", loss="loss", optimizer=OPTIMIZERS[args.optimizer])
 model = gc.load_module(prog.emit(BUILD / "mlp_digits_numpy.py"))
 
 params = model.init_params(seed=0)
+state = model.init_state(params)  # Adam's moments and step counter; nothing for plain SGD
 rng = np.random.default_rng(0)
 bar = tqdm(range(EPOCHS), desc="training", unit="epoch", disable=not sys.stderr.isatty())
 for _ in bar:
@@ -51,7 +58,7 @@ for _ in bar:
     # Full minibatches only: a tiny leftover batch would get a whole step's weight and make plain SGD jumpy.
     for start in range(0, len(order) - BATCH + 1, BATCH):
         idx = order[start:start + BATCH]
-        out = model.train_step(params, {"x": X_train[idx], "t": y_train[idx]})
+        out = model.train_step(params, {"x": X_train[idx], "t": y_train[idx]}, state)
         total, count = total + float(out["loss"]) * len(idx), count + len(idx)
     bar.set_postfix(loss=f"{total / count:.4f}")
 print(f"training loss of the last epoch: {total / count:.4f}")

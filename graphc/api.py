@@ -4,7 +4,7 @@ from graphc.core.errors import GraphError
 from graphc.core.files import load_module
 from graphc.core.registry import OPS
 from graphc.core.shapes import dim
-from graphc.dsl import Tensor, const, init_params, input, param
+from graphc.dsl import Tensor, assign, const, init_params, init_state, input, param, state
 from graphc.ops import OPS as _REGISTERED  # noqa: F401 - importing the ops registers them
 from graphc.ops import functions
 from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
@@ -17,15 +17,15 @@ from graphc.ops.reduce import logsumexp, mean
 from graphc.ops.reduce import reduce_max as max
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
-from graphc.optim import SGD
+from graphc.optim import SGD, Adam, AdamW, schedules
 from graphc.program import Graph, Program, compile
 from graphc.transforms.autodiff import grad
 from graphc.transforms.per_example import clipped_mean_grads, per_example_grads, per_example_norms
 from graphc.viz import render
 
 __all__ = [
-    "Graph", "GraphError", "OPS", "Program", "SGD", "Tensor", "compile", "dim", "input", "param", "const",
-    "init_params", "grad", "load_module", "render",
+    "Graph", "GraphError", "OPS", "Program", "Tensor", "compile", "dim", "input", "param", "state", "assign", "const",
+    "init_params", "init_state", "grad", "load_module", "render", "SGD", "Adam", "AdamW", "schedules",
     "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
     "sum", "mean", "max", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape", "transpose",
     "softmax", "log_softmax", "softmax_cross_entropy", "conv2d", "max_pool2d", "avg_pool2d", "flatten",

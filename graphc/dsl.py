@@ -1,5 +1,5 @@
 """The DSL layer: the user's handle on a graph (``Tensor``), ``apply`` (add an op, shape-checked by its rule),
-and the graph's sources (``input``, ``param``, ``const``, ``fill``).
+and the graph's sources (``input``, ``param``, ``state``, ``const``, ``fill``), and ``assign`` (a state's new value).
 
 Tensor's operators and methods are installed by ``graphc.ops.methods``, in one place.
 """
@@ -88,14 +88,26 @@ def _declare(kind: str, name: str, shape, dtype: str, **attrs) -> Tensor:
     g = active_graph(f"gc.{kind}")
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise GraphError(f"{kind} name {name!r} must be a Python identifier not starting with '_'")
-    if name in g.inputs or name in g.params:
+    if name in g.fed():
         raise GraphError(f"{kind} {name!r} is declared twice in graph {g.name!r}")
     if dtype not in DTYPES:
         raise GraphError(f"{kind} {name!r}: unsupported dtype {dtype!r} (float32, float64, int64 or bool)")
     dims = shapes.as_shape(shape, f"{kind} {name!r} shape")
     t = Tensor(g, g.add(kind, (), {"name": name, **attrs}, dims, dtype, name))
-    (g.inputs if kind == "input" else g.params)[name] = t.id
+    {"input": g.inputs, "param": g.params, "state": g.state}[kind][name] = t.id
     return t
+
+
+def _kept(kind: str, name: str, shape, init) -> tuple:
+    """The concrete shape and init spec of a param or state tensor (arrays that live between calls)."""
+    spec = init if isinstance(init, tuple) else (init,)
+    if not spec or spec[0] not in INITS or not all(isinstance(a, (int, float)) for a in spec[1:]):
+        raise GraphError(f"{kind} {name!r}: unknown init {init!r}; use one of {', '.join(INITS)}, "
+                         "or ('normal', std) / ('uniform', low, high)")
+    dims = shapes.as_shape(shape, f"{kind} {name!r} shape")
+    if any(not d.is_number for d in dims):
+        raise GraphError(f"{kind} {name!r}: shape {shapes.fmt(dims)} must be concrete (no symbolic dims)")
+    return dims, tuple(float(a) if i else a for i, a in enumerate(spec))
 
 
 def input(name: str, shape, dtype: str = "float32") -> Tensor:  # noqa: A001 - the DSL's word
@@ -109,14 +121,40 @@ def param(name: str, shape, dtype: str = "float32", init="zeros") -> Tensor:
     ``init`` is a name (``zeros ones normal uniform glorot_uniform glorot_normal he_normal he_uniform``)
     or a tuple with arguments: ``("normal", std)``, ``("uniform", low, high)``.
     """
-    spec = init if isinstance(init, tuple) else (init,)
-    if not spec or spec[0] not in INITS or not all(isinstance(a, (int, float)) for a in spec[1:]):
-        raise GraphError(f"param {name!r}: unknown init {init!r}; use one of {', '.join(INITS)}, "
-                         "or ('normal', std) / ('uniform', low, high)")
-    dims = shapes.as_shape(shape, f"param {name!r} shape")
-    if any(not d.is_number for d in dims):
-        raise GraphError(f"param {name!r}: shape {shapes.fmt(dims)} must be concrete (no symbolic dims)")
-    return _declare("param", name, dims, dtype, init=tuple(float(a) if i else a for i, a in enumerate(spec)))
+    dims, spec = _kept("param", name, shape, init)
+    return _declare("param", name, dims, dtype, init=spec)
+
+
+STEP_COUNTER = "step"  # the state entry counting training steps, where a schedule or an optimizer needs it
+
+
+def state(name: str, shape, dtype: str = "float32", init="zeros") -> Tensor:
+    """A tensor kept between training steps but not trained (running statistics, optimizer moments).
+
+    It is given like a param, in the ``state`` dict of the generated ``train_step(params, batch, state)`` (made by
+    its ``init_state(params)``), and read by ``run`` too; ``gc.assign(s, value)`` gives it its value after each
+    training step. Concrete shape; ``init`` as for ``gc.param`` (usually "zeros" or "ones").
+    """
+    if name == STEP_COUNTER:
+        raise GraphError(f"state name {name!r} is the training step counter's; choose another")
+    dims, spec = _kept("state", name, shape, init)
+    return _declare("state", name, dims, dtype, init=spec)
+
+
+def assign(target: Tensor, value: Tensor) -> None:
+    """The training step writes ``value`` into the state tensor ``target`` (in place, once every statement has read
+    the old value); ``run`` leaves it as it is. ``value`` has the state's shape and dtype."""
+    g = target.graph
+    if target.node.op != "state" or target.id != g.state.get(target.name):
+        raise GraphError(f"gc.assign: {target.node.label} is not a state tensor (declare it with gc.state)")
+    if not isinstance(value, Tensor) or value.graph is not g:
+        raise GraphError(f"gc.assign: the value of state {target.name!r} must be a tensor of graph {g.name!r}")
+    if tuple(value.shape) != tuple(target.shape) or value.dtype != target.dtype:
+        raise GraphError(f"gc.assign: state {target.name!r} {shapes.fmt(target.shape)} {target.dtype} cannot take "
+                         f"{value.node.label} {value.dtype}")
+    if target.name in g.updates:
+        raise GraphError(f"gc.assign: state {target.name!r} is assigned twice")
+    g.updates[target.name] = value.id
 
 
 def const(value, dtype: str | None = None, name: str | None = None) -> Tensor:
@@ -139,8 +177,17 @@ def fill(graph: Graph, value, shape, dtype: str) -> Tensor:
 
 def init_params(graph: Graph, seed: int = 0) -> dict:
     """Fresh parameter arrays, name -> ndarray, from each param's declared init (deterministic)."""
+    return _initial(graph, graph.params, seed)
+
+
+def init_state(graph: Graph) -> dict:
+    """Fresh state arrays, name -> ndarray, from each state tensor's declared init (as generated modules make them)."""
+    return _initial(graph, graph.state, 0)
+
+
+def _initial(graph: Graph, table: dict, seed: int) -> dict:
     out = {}
-    for index, (name, nid) in enumerate(graph.params.items()):
+    for index, (name, nid) in enumerate(table.items()):
         node = graph.nodes[nid]
         out[name] = init_array(node.attr("init"), tuple(int(d) for d in node.shape), node.dtype, seed, index)
     return out

@@ -54,14 +54,30 @@ class Program:
         """The outputs; ``copy=False`` returns the module's reused buffers (valid until the next call)."""
         return self.module.run(feeds, copy)
 
-    def train_step(self, params: dict, batch: dict, **hypers) -> dict:
-        """One SGD step in place; ``lr=`` overrides the compiled learning rate for this step."""
-        if not hasattr(self.module, "train_step"):
-            raise GraphError("this program has no training step: compile with loss= and optimizer=")
-        return self.module.train_step(params, batch, **hypers)
+    def train_step(self, params: dict, batch: dict, state: dict | None = None, **hypers) -> dict:
+        """One training step, params and state updated in place; ``lr=`` overrides the compiled (or scheduled)
+        learning rate for this step."""
+        return self._training("train_step")(params, batch, state, **hypers)
 
     def init_params(self, seed: int = 0) -> dict:
         return self.module.init_params(seed)
+
+    def init_state(self, params: dict) -> dict:
+        """Fresh training state (optimizer moments, the step counter, the graph's own state) for ``params``."""
+        return self._training("init_state")(params)
+
+    def save(self, path, params: dict, state: dict | None = None) -> None:
+        """Params and state into the .npz file ``path``, atomically."""
+        self._training("save")(path, params, state)
+
+    def load(self, path) -> tuple[dict, dict]:
+        """``(params, state)`` saved by ``save``."""
+        return self._training("load")(path)
+
+    def _training(self, name: str):
+        if not hasattr(self.module, "train_step"):
+            raise GraphError("this program has no training step: compile with loss= and optimizer=")
+        return getattr(self.module, name)
 
     def emit(self, path) -> Path:
         """Write the source to ``path`` atomically (a temporary file renamed into place)."""
@@ -78,10 +94,21 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     graph.check_dims()
     if optimizer is not None and loss is None:
         loss = "loss"
-    optimized, records = optimize(graph, opt_level, disable)
+    optimized, records = optimize(inference_graph(graph), opt_level, disable)
     trained, train_records = None, []
     if loss is not None:
-        trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level, disable)
+        late = ("fuse_updates",) if check_numerics else ()  # every new value is checked before any is written
+        trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level,
+                                          (*disable, *late))
     emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics)
     source = emitter.source()
     return Program(graph, backend, source, records, train_records, emitter.emitted)
+
+
+def inference_graph(graph):
+    """``graph`` without its state updates: ``run`` computes the outputs and writes nothing."""
+    if not graph.updates:
+        return graph
+    new = ir.Rebuild(graph).run()
+    new.updates = {}
+    return new

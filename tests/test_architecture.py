@@ -136,7 +136,7 @@ NOT_PER_EXAMPLE = {  # ops per-example gradients refuse (GraphError), with why
 
 def test_every_computed_op_has_a_lowering_in_every_backend():
     from graphc.backends import BACKENDS
-    computed = {name for name, op in gc.OPS.items() if op.source not in ("input", "param", "const")}
+    computed = {name for name, op in gc.OPS.items() if not op.given}
     for backend, module in BACKENDS.items():
         missing = computed - set(module.LOWERINGS)
         assert not missing, f"{backend} backend has no lowering for {sorted(missing)}"
@@ -151,7 +151,8 @@ def test_every_elementwise_function_is_lowered_by_every_backend():
 
 def test_every_forward_op_has_a_batch_rule_or_says_why_not():
     gradient_only = {"conv2d_input_grad", "conv2d_weight_grad", "max_pool2d_grad", "max_pool2d_gather",
-                     "avg_pool2d_grad", "sum_ew", "softmax_xent_grad"}  # made by VJPs and passes, never batched
+                     "avg_pool2d_grad", "sum_ew", "softmax_xent_grad",
+                     "fused_update"}  # made by VJPs and passes, never batched
     missing = {name for name, op in gc.OPS.items()
                if not op.source and op.batch_axis is None and name not in gradient_only | set(NOT_PER_EXAMPLE)}
     assert not missing, f"ops without a batch rule: {sorted(missing)}"

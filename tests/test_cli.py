@@ -53,3 +53,49 @@ def test_explain_prints_each_pass_and_the_measured_cost(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fuse_softmax_xent" in out and "softmax_xent_grad" in out and "dce" in out
     assert "bytes allocated by one steady-state training step (tracemalloc)" in out
+
+
+def test_build_with_an_optimizer_from_the_flags(tmp_path, capsys):
+    model = tmp_path / "tiny.py"
+    model.write_text(MODEL)
+    flags = ["--optimizer", "adamw", "--lr", "0.002", "--betas", "0.8", "0.9", "--weight-decay", "0.05",
+             "--clip-grad-norm", "1.0", "--schedule", "linear_warmup(10, then=cosine(90))"]
+    assert main(["build", str(model), "-o", str(tmp_path / "out"), *flags]) == 0
+    module = gc.load_module(tmp_path / "out" / "tiny_numpy.py")
+    expected = gc.AdamW(0.002, betas=(0.8, 0.9), weight_decay=0.05, clip_grad_norm=1.0,
+                        schedule=gc.schedules.linear_warmup(10, then=gc.schedules.cosine(90)))
+    assert expected.describe() in module.train_step.__doc__.replace("\n    ", " ")
+    params = module.init_params(0)
+    state = module.init_state(params)
+    assert sorted(state) == ["m_W", "step", "v_W"]
+    assert module.lr_at(0) == 0.1 * 0.002 and module.lr_at(10) == 0.002
+
+
+def test_optimizer_flags_of_another_update_rule_are_refused(tmp_path, capsys):
+    model = tmp_path / "tiny.py"
+    model.write_text(MODEL)
+    assert main(["build", str(model), "-o", str(tmp_path), "--optimizer", "adam", "--momentum", "0.9"]) == 2
+    assert "--momentum: not an option of --optimizer adam" in capsys.readouterr().err
+    assert main(["build", str(model), "-o", str(tmp_path), "--schedule", "open('x')"]) == 2
+    assert "--schedule \"open('x')\"" in capsys.readouterr().err
+
+
+def test_explain_measures_a_step_that_keeps_state(tmp_path, capsys):
+    model = tmp_path / "tiny.py"
+    model.write_text(MODEL)
+    assert main(["explain", str(model), "--optimizer", "sgd", "--momentum", "0.9"]) == 0
+    assert "fuse_updates" in capsys.readouterr().out
+
+
+STATE_MODEL = MODEL.replace('''    g.output(''', '''    centre = gc.state("centre", (3,))
+    gc.assign(centre, 0.9 * centre + 0.1 * gc.mean(x, axis=0))
+    x = x - centre
+    g.output(''')
+
+
+def test_check_and_explain_feed_the_graphs_own_state(tmp_path, capsys):
+    model = tmp_path / "centred.py"
+    model.write_text(STATE_MODEL)
+    assert main(["check", str(model)]) == 0
+    assert main(["explain", str(model), "--optimizer", "adam"]) == 0
+    assert "all gradients match" in capsys.readouterr().out

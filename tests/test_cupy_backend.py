@@ -31,19 +31,26 @@ def case_graph(op, index):
     return op_graph(fn, *shapes)
 
 
-def sources(g, opt_level):
+def sources(g, opt_level, optimizer=None):
     """The emitted module, with a training step where the graph has a loss."""
     trainable = g.params and "loss" in g.outputs and not g.nodes[g.outputs["loss"]].shape
     loss = "loss" if trainable else None
-    return gc.compile(g, backend="cupy", opt_level=opt_level, loss=loss).source
+    return gc.compile(g, backend="cupy", opt_level=opt_level, loss=loss, optimizer=optimizer if loss else None).source
+
+
+OPTIMIZERS = [gc.SGD(0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, clip_grad_norm=1.0),
+              gc.Adam(weight_decay=0.01, amsgrad=True), gc.AdamW(schedule=gc.schedules.cosine(100))]
 
 
 def all_graphs():
     for op, index in OP_CASES:
-        yield f"{op}{index}", case_graph(op, index)
+        yield f"{op}{index}", case_graph(op, index), None
     for name in sorted(MODELS):
         for dtype in ("float64", "float32"):
-            yield f"{name}_{dtype}", MODELS[name](dtype=dtype)[0]
+            yield f"{name}_{dtype}", MODELS[name](dtype=dtype)[0], None
+    for k, optimizer in enumerate(OPTIMIZERS):  # fused updates: one kernel writing a param and its state
+        for dtype in ("float64", "float32"):
+            yield f"mlp_{dtype}_optimizer{k}", MODELS["mlp"](dtype=dtype)[0], optimizer
 
 
 # -- the source -------------------------------------------------------------------------------------
@@ -72,14 +79,15 @@ def c_params(params: str, t: str) -> list[tuple[bool, str, str]]:
 
 def harness(tag, kind, args, preamble, t="double"):
     """A ``__global__`` function that runs the kernel body once with its declared parameter types: raw arrays as
-    pointers, the loop index ``i`` as CuPy provides it."""
+    pointers, the loop index ``i`` as CuPy provides it, outputs read and written through pointers (as CuPy's
+    references to them allow)."""
     ins, outs = c_params(args[0], t), c_params(args[1], t)
     params = [f"{c}* {n}" if raw else f"{c} {n}" for raw, c, n in ins]
     params += [f"{c}* {n}" if raw else f"{c}* {n}_out" for raw, c, n in outs]
-    locals_ = " ".join(f"{c} {n};" for raw, c, n in outs if not raw)
+    loads = " ".join(f"{c} {n} = *{n}_out;" for raw, c, n in outs if not raw)
     stores = " ".join(f"*{n}_out = {n};" for raw, c, n in outs if not raw)
     if kind == "ElementwiseKernel":
-        body = f"const ptrdiff_t i = threadIdx.x; {locals_} {args[2]} {stores}"
+        body = f"const ptrdiff_t i = threadIdx.x; {loads} {args[2]} {stores}"
     else:
         (_, c, n), = outs
         body = f"*{n}_out = ({c})({args[2]});"
@@ -99,7 +107,8 @@ def test_every_op_case_emits_a_standalone_module(op, index, opt_level):
     tree = ast.parse(source)
     imported = {a.name for s in ast.walk(tree) if isinstance(s, ast.Import) for a in s.names}
     imported |= {s.module for s in ast.walk(tree) if isinstance(s, ast.ImportFrom)}
-    assert imported == {"cupy", "numpy", "threading"}  # threading: one set of buffers per thread
+    trains = "def train_step(" in source  # os: checkpoints are written atomically (a rename)
+    assert imported == {"cupy", "numpy", "threading", *(["os"] if trains else [])}  # threading: buffers per thread
     assert source == sources(case_graph(op, index), opt_level)
 
 
@@ -123,9 +132,9 @@ def compiled_kernels(tmp_path, graphs):
     if nvcc is None:
         pytest.skip("nvcc not found")
     units, seen = {}, set()
-    for tag, g in graphs:
+    for tag, g, optimizer in graphs:
         for opt_level in LEVELS:
-            for kind, name, args, preamble in kernels(sources(g, opt_level)):
+            for kind, name, args, preamble in kernels(sources(g, opt_level, optimizer)):
                 for t in ("float", "double") if "T " in args[0] + args[1] else ("double",):
                     key = (kind, tuple(args), preamble, t)
                     if key not in seen:
@@ -152,7 +161,7 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
 
 def test_float32_kernels_compute_in_float32(tmp_path):
     """No double arithmetic in a kernel whose data is float32: on many GPUs it runs at 1/64 of the speed."""
-    graphs = [(n, g) for n, g in all_graphs() if n.endswith("float32")]
+    graphs = [(n, g, o) for n, g, o in all_graphs() if "float32" in n]
     doubles = [name for name, (ptx, single) in compiled_kernels(tmp_path, graphs).items()
                if single and re.search(r"\.f64\b", ptx)]
     assert not doubles, doubles

@@ -117,7 +117,7 @@ def test_feed_errors_name_the_input_and_expected_shape():
     x, t = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
     with raises(r"needs feeds for \['t'\]: input 't' \(m,\)"):
         g.evaluate({"x": x, "W": W})
-    with raises(r"feeds \['y'\] are not inputs or params"):
+    with raises(r"feeds \['y'\] are not inputs, params or state"):
         g.evaluate({"x": x, "t": t, "W": W, "y": x})
     with raises(r"input 't' expects shape \(m,\), got \(5,\) \(with m=4\)"):
         g.evaluate({"x": x, "t": np.zeros(5, np.int64), "W": W})

@@ -70,3 +70,11 @@ def test_cli_build_then_train_built(tmp_path):
     built = run(["-m", "graphc.cli", "build", EXAMPLES / "mlp_model.py", "-o", tmp_path, "--lr", "0.3"], tmp_path)
     assert "mlp_numpy.py" in built.stdout
     assert accuracy(run([EXAMPLES / "train_built.py"], tmp_path).stdout) >= 0.97
+
+
+def test_mlp_digits_trains_with_adam(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
+    proc = run([EXAMPLES / "mlp_digits.py", "--optimizer", "adam"], tmp_path)
+    assert accuracy(proc.stdout) >= 0.97
+    assert "def init_state(params):" in (tmp_path / "mlp_digits_numpy.py").read_text()

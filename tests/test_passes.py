@@ -206,3 +206,37 @@ def test_simplify_cancels_across_nodes_at_level_1():
     exprs = [str(n.attr("expr")) for n in simplified.nodes.values() if n.op == "ew"]
     assert not any("exp" in e or "log" in e for e in exprs), exprs
     assert_same_numbers(g, simplified, {"x": np.full((2, 3), 2.0), "y": np.arange(6.0).reshape(2, 3)})
+
+
+def new_values(graph, feeds, scalars):
+    """The reference value of every update of a training graph (a fused update's by the array it writes)."""
+    from graphc.core.evaluate import Evaluator, check_feeds
+    env, values = check_feeds(graph, feeds, graph.needed(graph.updates.values()))
+    env.update({sympy.Symbol(k, positive=True): v for k, v in scalars.items()})
+    values = Evaluator(graph, env).run(sorted(set(graph.updates.values())), values)
+    out = {}
+    for name, nid in graph.updates.items():
+        node = graph.nodes[nid]
+        if node.op == "fused_update":
+            written = [graph.nodes[node.inputs[slot]].name for slot in node.attr("targets") if slot >= 0]
+            out[name] = values[nid][written.index(name)]
+        else:
+            out[name] = values[nid]
+    return out
+
+
+@pytest.mark.parametrize("optimizer", [gc.Adam(weight_decay=0.1, amsgrad=True, clip_grad_norm=1.0),
+                                       gc.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01)])
+def test_fuse_updates_writes_each_param_and_its_state_in_one_node(optimizer):
+    g, feeds = MODELS["mlp"]()
+    unfused, _ = optimize(training_graph(g, "loss", optimizer), 2, disable=("fuse_updates",))
+    fused, _ = optimize(training_graph(g, "loss", optimizer), 2)
+    nodes = [n for n in fused.nodes.values() if n.op == "fused_update"]
+    assert len(nodes) == len(g.params) and set(fused.updates.values()) == {n.id for n in nodes}
+    rng = np.random.default_rng(0)
+    feeds = {**feeds_with_params(g, feeds), **{k: rng.random(fused.nodes[i].shape) for k, i in fused.state.items()}}
+    scalars = {"lr": 0.01, "step_size": 0.02, "eps_hat": 1e-8}
+    expected, got = new_values(unfused, feeds, scalars), new_values(fused, feeds, scalars)
+    assert set(got) == set(expected) == set(fused.updates)
+    for name in expected:
+        assert rel_error(got[name], expected[name]) <= 1e-12, name

@@ -13,6 +13,7 @@ from graphc.backends.cupy.kernels import C_TYPES, OUTSIDE, Kernel
 from graphc.backends.cupy.lowering import LOWERINGS
 from graphc.backends.cupy.runtime import _check_classes, _check_finite, _device, _finite, _write_back
 from graphc.backends.numpy.printer import NumPyScalarPrinter
+from graphc.dsl import STEP_COUNTER
 
 __all__ = ["C_TYPES", "ModuleEmitter"]
 
@@ -93,8 +94,9 @@ class ModuleEmitter(emitter.ModuleEmitter):
 
     def _to_device(self, w: CodeWriter, *tables: str) -> None:
         for table in tables:
-            if table == "params":
-                w.line("host, params = params, _device(params)")
+            if table in ("params", "state"):  # written back after the step
+                keep = (STEP_COUNTER,) if table == "state" else ()  # a host number: read without waiting on the GPU
+                w.line(f"host_{table}, {table} = {table}, _device({table}{f', {keep!r}' if keep else ''})")
             else:
                 w.line(f"{table} = _device({table})")
 
@@ -102,7 +104,7 @@ class ModuleEmitter(emitter.ModuleEmitter):
         for name in hypers:  # a device scalar of any dtype: as a number, the kernels' types convert it
             w.line(f"{name} = float({name}) if isinstance({name}, cp.ndarray) else {name}")
 
-    def _train_return(self, w: CodeWriter, call: str) -> None:
-        w.line(f"out = {call}")
-        w.line("_write_back(host, params)")
-        w.line("return out")
+    def _write_back(self, w: CodeWriter) -> None:
+        w.line("_write_back(host_params, params)")
+        if self.state_names():
+            w.line("_write_back(host_state, state)")

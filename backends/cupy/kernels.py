@@ -9,7 +9,7 @@ import sympy
 from graphc.backends.cupy.printer import CudaPrinter
 from graphc.backends.emitter import expr_label
 from graphc.core.dtypes import is_float
-from graphc.ops.elementwise import arg_index, work_dtype
+from graphc.ops.elementwise import arg, arg_index, work_dtype
 
 C_TYPES = {"float32": "float", "float64": "double", "int64": "long long", "bool": "bool"}
 
@@ -57,6 +57,29 @@ def kernel_for(kind: str, expr, in_dtypes, out_dtype: str, post=1) -> tuple[Kern
     after = "a" if post == 1 else printer.doprint(sympy.Symbol("a") * post)
     kernel = Kernel(kind, ", ".join(params), f"{out_dtype} y", body, C_TYPES[out_dtype], after)
     return kernel, scalars
+
+
+def update_kernel(exprs, targets, in_dtypes, dtype: str) -> tuple[Kernel, list, list[int]]:
+    """The one kernel of a fused update: inputs ``x0…`` (the node's inputs it does not write), scalars ``s0…``,
+    outputs ``y0…`` (the params and state it updates, read in place before they are written); each expression in
+    turn, kept in a local ``v<k>`` where only later expressions read it. Returns the kernel, its scalars and the
+    input slots of its outputs."""
+    n = len(in_dtypes)
+    written = [slot for slot in targets if slot >= 0]
+    read = [i for i in range(n) if i not in written]
+    scalars = sorted({s for e in exprs for s in e.free_symbols if arg_index(s) is None}, key=lambda s: s.name)
+    names = {arg(i): f"x{k}" for k, i in enumerate(read)}
+    names.update({arg(slot): f"y{k}" for k, slot in enumerate(written)})
+    names.update({s: f"s{k}" for k, s in enumerate(scalars)})
+    printer, ctype = CudaPrinter(names, C_TYPES[dtype]), C_TYPES[dtype]
+    body = []
+    for k, (expr, slot) in enumerate(zip(exprs, targets)):
+        value = f"y{written.index(slot)}" if slot >= 0 else f"v{k}"
+        body += printer.statements(expr, value if slot >= 0 else f"const {ctype} {value}", ctype, prefix=f"t{k}_")
+        names[arg(n + k)] = value
+    params = [f"{in_dtypes[i]} x{k}" for k, i in enumerate(read)] + [f"{dtype} s{k}" for k in range(len(scalars))]
+    outs = ", ".join(f"{dtype} y{k}" for k in range(len(written)))
+    return Kernel("elementwise", ", ".join(params), outs, " ".join(body), ctype), scalars, written
 
 
 def kernel_label(expr, phase: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sympy
 
-from graphc.backends.cupy.kernels import Fixed, kernel_for, kernel_label
+from graphc.backends.cupy.kernels import Fixed, kernel_for, kernel_label, update_kernel
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.lowering import LOWERINGS as NUMPY_LOWERINGS
 from graphc.ops.elementwise import Where, arg
@@ -26,6 +26,18 @@ def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1)
 @LOWERINGS.register("ew")
 def _ew(st):
     st.line(f"{_launch(st, 'elementwise', st.node.attr('expr'), st.node.dtype)}, {st.out})")
+
+
+@LOWERINGS.register("fused_update")
+def _fused_update(st):
+    """One kernel launch: every param and state array of the update written in place, each element once."""
+    n = st.node
+    ins = [st.fn.graph.nodes[i].dtype for i in n.inputs]
+    kernel, scalars, written = update_kernel(n.attr("exprs"), n.attr("targets"), ins, n.dtype)
+    name = st.module.kernel(kernel, "fused_update")
+    args = [a for i, a in enumerate(st.args) if i not in written]
+    args += [st.fn.dim_names.get(s, s.name) for s in scalars] + [st.args[i] for i in written]
+    st.line(f"{name}({', '.join(args)})")
 
 
 @LOWERINGS.register("sum_ew")

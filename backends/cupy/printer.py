@@ -69,9 +69,10 @@ class CudaPrinter(C99CodePrinter):
     _print_exp = _print_log = _print_tanh = _print_sin = _print_cos = _print_Abs = _print_sign = _print_Function
     _print_log1p = _print_Function
 
-    def statements(self, expr, out: str, out_ctype: str) -> list[str]:
-        """C statements assigning ``expr`` to ``out``; shared subexpressions become locals of the kernel's type."""
-        replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("t"), optimizations=None)
+    def statements(self, expr, out: str, out_ctype: str, prefix: str = "t") -> list[str]:
+        """C statements assigning ``expr`` to ``out``; shared subexpressions become locals of the kernel's type
+        (named ``_<prefix>0``…)."""
+        replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols(prefix), optimizations=None)
         lines = []
         for sym, sub in replacements:
             local = f"_{sym.name}"

@@ -16,15 +16,15 @@ def _check_finite(checks):
             raise FloatingPointError(f"{name} = {what} produced NaN or Inf")
 
 
-def _device(arrays):
-    """The arrays on the GPU (host NumPy arrays are copied over)."""
-    return {name: cp.asarray(value) for name, value in arrays.items()}
+def _device(arrays, host=()):
+    """The arrays on the GPU (host NumPy arrays are copied over), but for the names in ``host``."""
+    return {name: value if name in host else cp.asarray(value) for name, value in arrays.items()}
 
 
 def _write_back(host, device):
     """Copy updated device arrays back into the host NumPy arrays they came from."""
     for name, value in host.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and device[name] is not value:
             value[...] = device[name].get()
 
 

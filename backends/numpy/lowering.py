@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import sympy
 
-from graphc.backends.emitter import Lowerings
+from graphc.backends.emitter import Lowerings, expr_label
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.backends.numpy.ufuncs import UfuncChain
+from graphc.core.describe import expression
 from graphc.core.registry import reduced_shape
 from graphc.ops.elementwise import work_dtype
 
 LOWERINGS = Lowerings()
 
 
-def _chain(st, expr, out: str, full_shape) -> None:
-    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``)."""
-    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(st.args)}
+def _chain(st, expr, out: str, full_shape, values=(), scratch=None) -> dict:
+    """Statements computing the elementwise ``expr`` of the node's inputs into ``out`` (shape ``full_shape``);
+    ``values`` name the full-size arrays standing for the symbols after the inputs' (a fused update's earlier
+    results), ``scratch(dtype)`` hands out temporaries (default: new ones). Returns the temporaries it used."""
+    operands = [*st.args, *values]
+    names = {sympy.Symbol(f"_{i}", real=True): a for i, a in enumerate(operands)}
     names.update(st.fn.dim_names)
     ins = [st.fn.graph.nodes[i] for i in st.node.inputs]
     small = {a: (n.dtype, n.shape) for a, n in zip(st.args, ins) if tuple(n.shape) != tuple(full_shape)}
-    work = work_dtype(expr, [n.dtype for n in ins])
-    chain = UfuncChain(names, lambda dtype: st.scratch(dtype, full_shape), st.node.dtype, st.fn.printer,
+    work = work_dtype(expr, [n.dtype for n in ins] + [st.node.dtype] * len(values))
+    chain = UfuncChain(names, scratch or (lambda dtype: st.scratch(dtype, full_shape)), st.node.dtype, st.fn.printer,
                        f"node {st.node.label}", small, full_shape, use=st.module.use, work=work)
     for text in chain.run(expr, out):
         st.line(text)
+    return chain.dtypes
 
 
 @LOWERINGS.register("ew")
@@ -39,6 +44,31 @@ def _ew(st):
 def _axes(node):
     axes = node.attr("axes")
     return axes[0] if len(axes) == 1 else axes
+
+
+@LOWERINGS.register("fused_update")
+def _fused_update(st):
+    """Each expression in turn as an in-place chain into the param or state it updates (a value only later
+    expressions read goes to a scratch buffer), under a comment saying what it computes."""
+    values, free = [], []  # temporaries of one chain serve the next: the update's working set stays small
+
+    def scratch(dtype):
+        spare = next((t for t, d in free if d == dtype), None)
+        if spare is None:
+            return st.scratch(dtype)
+        free.remove((spare, dtype))
+        return spare
+
+    for expr, slot, name in zip(*(st.node.attr(k) for k in ("exprs", "targets", "names"))):
+        text = expression(expr, [*st.args, *values])
+        if slot >= 0:
+            out = st.args[slot]
+            st.line(f"# {out} = {text}")
+        else:  # a value only the later expressions read, in a buffer of its own
+            out = st.fn.names.fresh(name or expr_label(expr))
+            st.line(f"{out} = {st.scratch(st.node.dtype)}  # {text}")
+        free += _chain(st, expr, out, st.node.shape, values, scratch).items()
+        values.append(out)
 
 
 @LOWERINGS.register("sum")
@@ -65,7 +95,11 @@ def _sum_ew(st):
     if pair and not n.attr("keepdims") and spans:
         letters = "abcdefghijklmnopqrstuvwxyz"[:len(full)]  # Σ a·b without the full-size product
         kept = "".join(c for i, c in enumerate(letters) if i not in n.attr("axes"))
-        st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
+        if not kept:  # a dot product: BLAS, and no per-call allocation (einsum allocates ~1.4 kB into a 0-d out)
+            flat = [f"{a}.reshape(-1)" for a in pair]
+            st.line(f"{st.xp}.dot({flat[0]}, {flat[1]}, out={st.out})")
+        else:
+            st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
     elif expr == a0 and spans:  # a plain sum
         st.line(st.module.reduce("add", st.args[0], _axes(n), n.attr('keepdims'), st.out))
     else:

@@ -30,8 +30,9 @@ class UfuncChain:
 
     ``names`` maps input symbols to variable names; ``scratch(dtype)`` hands out a temporary buffer
     variable of the node's shape. Only one subexpression at a time is computed into ``target`` itself;
-    others go to scratch. If ``target`` is also read by the expression (an in-place update), every
-    subexpression goes to scratch, so it is read before it is written.
+    others go to scratch. If ``target`` is also read by the expression (an in-place update), only the operand
+    that reads it, once, goes into ``target``, after every other operand is computed: so the old value is read
+    before it is written (``m ← 0.9·m + 0.1·g`` is ``t = 0.1·g; m *= 0.9; m += t``).
     """
 
     def __init__(self, names: dict, scratch, dtype: str, printer: NumPyScalarPrinter, op_label: str,
@@ -48,7 +49,7 @@ class UfuncChain:
     def run(self, expr, target: str) -> list[str]:
         replacements, (reduced,) = sympy.cse(expr, symbols=sympy.numbered_symbols("_cse"), optimizations=None)
         scalars = {}  # scalar subexpressions go back inline: a product printed as a scalar must not name them
-        self.protected = False  # common subexpressions go into fresh temporaries, free to overwrite
+        self.target = None  # common subexpressions go into fresh temporaries, free to overwrite
         for sym, sub in replacements:
             sub = sub.xreplace(scalars)
             if is_scalar(sub):
@@ -56,9 +57,9 @@ class UfuncChain:
                 continue
             self.names[sym] = self._materialize(sub, bool_result(sub))
         reduced = reduced.xreplace(scalars)
-        self.protected = target in self.names.values()
-        if self.protected and not _one_step(reduced):  # an in-place update that reads its target twice
-            tmp, self.protected = self.temp(self.dtype), False
+        self.target = target if target in self.names.values() else None  # an in-place update
+        if self.target and not _one_step(reduced):  # it reads its target more than once at the top
+            tmp, self.target = self.temp(self.dtype), None
             self.into(reduced, tmp)
             self.lines.append(f"np.copyto({target}, {tmp})")
             return self.lines
@@ -93,8 +94,8 @@ class UfuncChain:
         iteration buffer on every call, while ``np.copyto`` broadcasts without one."""
         out_free = out not in args
         for i, a in enumerate(args):
-            if a not in self.small:
-                continue
+            if a not in self.small or self.small[a] == (self.out_dtype(out), ()):
+                continue  # a 0-d operand of the result's dtype broadcasts without NumPy allocating anything
             dtype = self.small[a][0]
             target = out if out_free and dtype == self.out_dtype(out) else self.temp(dtype)
             self.lines.append(f"np.copyto({target}, {a})")
@@ -199,8 +200,11 @@ class UfuncChain:
         self.emit(ufunc, *ops, out=out)
 
     def _operands(self, args, out: str) -> list[str]:
-        """Operand texts; the first non-trivial one (unless ``out`` is protected) is computed into ``out``."""
-        ops, used_out = [], self.protected
+        """Operand texts; the first non-trivial one is computed into ``out``, or where ``out`` is the in-place
+        target, the one that reads it once, after the others."""
+        if out == self.target:
+            return self._target_operands(args, out)
+        ops, used_out = [], False
         for a in args:
             if a in self.names or is_scalar(a) or used_out or _is_mask(a):
                 ops.append(self.operand(a))
@@ -210,6 +214,21 @@ class UfuncChain:
                 used_out = True
         return ops
 
+    def _target_operands(self, args, out: str) -> list[str]:
+        reading = [k for k, a in enumerate(args) if self._reads_target(a)]
+        chosen = reading[0] if len(reading) == 1 and self._reads_target(args[reading[0]]) == 1 else None
+        if chosen is not None and (args[chosen] in self.names or _is_mask(args[chosen])):
+            chosen = None  # the target itself: read as it is
+        ops = {k: self.operand(a) for k, a in enumerate(args) if k != chosen}
+        if chosen is not None:
+            self.into(args[chosen], out)
+            ops[chosen] = out
+        return [ops[k] for k in range(len(args))]
+
+    def _reads_target(self, expr) -> int:
+        """How many times ``expr`` reads the in-place target."""
+        return sum(expr.count(sym) for sym, name in self.names.items() if name == self.target)
+
     def _fold(self, args, out: str, op: str, inverse: str, split) -> None:
         """a ∘ b ∘ c… as a chain of binary ufuncs; negated/inverted terms use the inverse op."""
         scalars = [a for a in args if is_scalar(a)]
@@ -218,6 +237,8 @@ class UfuncChain:
         if const == (0 if op == "add" else 1):
             const = None
         terms = [(split(a) if split(a) is not None else a, split(a) is not None) for a in arrays]
+        if out == self.target and any(self._reads_target(t) for t, _ in terms[2:]):
+            return self._aside(args, out, op, inverse, split)  # a later term reads what the first two overwrite
         first, first_inverse = terms[0]
         rest = terms[1:]
         if first_inverse:  # every term inverted: start from the constant (0 - x, 1 / x)
@@ -239,6 +260,13 @@ class UfuncChain:
             self.emit(inverse if inverted else op, out, self.operand(term), out=out)
         if const is not None:
             self.emit(op, out, self.printer.doprint(const), out=out)
+
+    def _aside(self, args, out: str, op: str, inverse: str, split) -> None:
+        """The fold computed into a temporary, then copied into the in-place target it reads."""
+        tmp, target, self.target = self.temp(self.out_dtype(out)), self.target, None
+        self._fold(args, tmp, op, inverse, split)
+        self.target = target
+        self.lines.append(f"np.copyto({out}, {tmp})")
 
     def _pow(self, expr, out: str) -> None:
         base, power = expr.args
@@ -302,6 +330,10 @@ def _is_mask(expr) -> bool:
 
 
 def _one_step(expr) -> bool:
-    """A sum or product of two terms: one ufunc call writes the result, after both operands are computed
-    elsewhere, so the result may go straight into an array the expression reads (p − lr·g into p)."""
-    return (expr.is_Add or expr.is_Mul) and len(expr.args) == 2 and not any(_is_mask(a) for a in expr.args)
+    """Whether an expression may be computed straight into an array it reads (p − lr·g into p): a sum, product,
+    power or ufunc, whose operands are all computed before the array is written, or read there once, in place.
+    A masked product or a choice writes the array before computing all it reads."""
+    if expr.is_Add or expr.is_Mul:
+        return not any(_is_mask(a) for a in expr.args)
+    fn = record(expr)
+    return expr.is_Pow or (fn is not None and fn.expand is None and not isinstance(expr, Where))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from graphc.backends import BACKENDS
+from graphc.cli import optimizer
 from graphc.cli.check import check_graph, parse_dims, table
 from graphc.cli.explain import report
 from graphc.cli.explore import explore as write_explorer
@@ -18,7 +19,7 @@ from graphc.core.errors import GraphError
 from graphc.core.files import safe_write
 from graphc.core.ir import Graph
 from graphc.onnx import from_onnx
-from graphc.optim import SGD, training_graph
+from graphc.optim import training_graph
 from graphc.program import compile as compile_graph
 from graphc.viz import STAGES, render, render_passes, to_dot
 
@@ -97,7 +98,7 @@ def _compile_args(p) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2, help="optimization level")
     p.add_argument("--backend", choices=tuple(BACKENDS), default="numpy")
     p.add_argument("--loss", help="output to train on (default: 'loss' when the graph has it)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the training step")
+    optimizer.add_arguments(p)
     p.add_argument("--disable", nargs="*", default=(), metavar="PASS", help="passes to switch off")
 
 
@@ -110,7 +111,7 @@ def _build_args(p) -> None:
 def _compile(g, args):
     loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
     return compile_graph(g, backend=args.backend, opt_level=args.opt_level, loss=loss,
-                         optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
+                         optimizer=optimizer.from_args(args) if loss else None, disable=tuple(args.disable))
 
 
 @command("build", _build_args)
@@ -156,7 +157,7 @@ def explore(args) -> int:
             path = path.with_name(f"{path.stem}-{g.name}{path.suffix}")
         loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
         write_explorer(g, path, backend=args.backend, opt_level=args.opt_level, loss=loss,
-                       optimizer=SGD(args.lr) if loss else None, disable=tuple(args.disable))
+                       optimizer=optimizer.from_args(args) if loss else None, disable=tuple(args.disable))
         print(f"wrote {path}")
     return 0
 
@@ -200,9 +201,9 @@ def _show_args(parser) -> None:
     parser.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2), default=2,
                         help="optimization level of the optimized stage and of --each-pass (default: 2)")
     parser.add_argument("--train", action="store_true",
-                        help="draw the training step: every param's gradient of --loss and its SGD update")
+                        help="draw the training step: every param's gradient of --loss and its update")
     parser.add_argument("--loss", default="loss", help="the output --train minimizes (default: loss)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of --train (default: 0.01)")
+    optimizer.add_arguments(parser)
     parser.add_argument("--dpi", type=int, help="resolution of PNG files (Graphviz's default: 96)")
     parser.add_argument("--collapse", action="store_true",
                         help="draw the middle of each run of 3 or more repeated layers (W1, W2, … alike) as one node "
@@ -214,9 +215,9 @@ def show(args) -> int:
     """Draw a stage of the compilation as DOT, SVG, PNG or Mermaid."""
     graphs = load_graphs(args.model, args.graph)
     if args.train:
-        graphs = [training_graph(g, args.loss, SGD(args.lr)) for g in graphs]
+        graphs = [training_graph(g, args.loss, optimizer.from_args(args)) for g in graphs]
     for g in graphs:
-        title = f"{g.name} · training step (SGD, lr={args.lr:g}) · {args.stage}" if args.train else None
+        title = f"{g.name} · training step ({g.update_rule}) · {args.stage}" if args.train else None
         if args.output:
             path = Path(args.output)
             if len(graphs) > 1:  # one file per graph

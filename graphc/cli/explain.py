@@ -10,11 +10,11 @@ import sympy
 from graphc.core import shapes
 from graphc.core.describe import describe
 from graphc.core.registry import OPS
-from graphc.dsl import init_params
+from graphc.dsl import init_params, init_state
 
 
 def random_feeds(graph, sizes: dict, seed: int = 0) -> dict:
-    """Inputs of the right shapes and dtypes (labels below their class count) and initialized params."""
+    """Inputs of the right shapes and dtypes (labels below their class count), initialized params and state."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, nid in graph.inputs.items():
@@ -26,7 +26,7 @@ def random_feeds(graph, sizes: dict, seed: int = 0) -> dict:
             feeds[name] = rng.random(shape) > 0.5
         else:
             feeds[name] = rng.normal(size=shape).astype(node.dtype)
-    return {**feeds, **init_params(graph, seed)}
+    return {**feeds, **init_params(graph, seed), **init_state(graph)}
 
 
 def class_count(graph, nid: int, sizes: dict) -> int:
@@ -51,10 +51,11 @@ def measure(prog, feeds: dict) -> dict:
     planned = re.findall(r"np\.empty\(", alloc)
     module = prog.module
     params = {k: v.copy() for k, v in feeds.items() if k in prog.graph.params}
-    batch = {k: v for k, v in feeds.items() if k not in prog.graph.params}
+    batch = {k: v for k, v in feeds.items() if k in prog.graph.inputs}
+    state = module.init_state(params) if training else {}
 
     def step():
-        return module.train_step(params, batch) if training else module.run(feeds)
+        return module.train_step(params, batch, state) if training else module.run(feeds)
 
     step()  # warm-up: buffers are allocated once per batch size
     tracemalloc.start()

@@ -11,13 +11,13 @@ from graphc.core.registry import OPS
 
 
 def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
-    """Validate ``feeds`` against the declared inputs/params; returns (dim bindings, id -> array)."""
+    """Validate ``feeds`` against the declared inputs, params and state; returns (dim bindings, id -> array)."""
     if not isinstance(feeds, dict):
         raise GraphError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
-    declared = {**graph.inputs, **graph.params}
+    declared = graph.fed()
     extra = sorted(set(feeds) - set(declared))
     if extra:
-        raise GraphError(f"feeds {extra} are not inputs or params of graph {graph.name!r} "
+        raise GraphError(f"feeds {extra} are not inputs, params or state of graph {graph.name!r} "
                          f"(it declares {sorted(declared)})")
     missing = [name for name, nid in declared.items() if nid in needed and name not in feeds]
     if missing:
@@ -54,7 +54,8 @@ def evaluate(graph, feeds: dict, outputs=None) -> dict:
     needed = graph.needed(graph.outputs[n] for n in names)
     graph.check_dims()
     env, values = check_feeds(graph, feeds, needed)
-    env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()})
+    env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()
+                if isinstance(value, (int, float))})  # a schedule's value needs a step: outputs never read it
     values = Evaluator(graph, env).run([graph.outputs[n] for n in names], values)
     return {n: values[graph.outputs[n]] for n in names}
 

@@ -19,6 +19,7 @@ from graphc.core.naming import node_names
 from graphc.core.registry import OPS
 
 PHASES = ("forward", "backward", "update")
+STEP = sympy.Symbol("step", integer=True, nonnegative=True)  # the training steps taken before this one
 _ACTIVE: list[Graph] = []
 
 
@@ -70,8 +71,14 @@ class Graph:
         self.params: dict[str, int] = {}
         self.outputs: dict[str, int] = {}
         self.grads: list[GradRequest] = []
-        self.updates: dict[str, int] = {}  # param name -> node computing its new value (training step)
-        self.hypers: dict[str, float] = {}  # scalar hyper-parameters (the learning rate): name -> default value
+        self.state: dict[str, int] = {}  # tensors kept between training steps, not trained (moments, statistics)
+        self.updates: dict[str, int] = {}  # param or state name -> node computing its new value (training step)
+        # Scalars of the training step, computed on the host once per step. ``hypers`` are its arguments (the
+        # learning rate): name -> default, a number or an expression of ``STEP`` (a schedule); ``scalars`` follow
+        # from them and ``STEP`` (Adam's bias corrections): name -> expression. Both are positive symbols in nodes.
+        self.hypers: dict[str, object] = {}
+        self.scalars: dict[str, sympy.Expr] = {}
+        self.update_rule = ""  # what the updates do, in words ("SGD(lr=0.1)"), for the generated file's docstrings
         self.phase = "forward"
         self._by_key: dict[tuple, int] = {}
         self._next_id = 0
@@ -133,8 +140,8 @@ class Graph:
         for name, t in named.items():
             if getattr(t, "graph", None) is not self or not isinstance(getattr(t, "id", None), int):
                 raise GraphError(f"output {name!r} is not a tensor of graph {self.name!r}")
-            if name in self.inputs or name in self.params:
-                raise GraphError(f"output {name!r} has the name of an input or param of graph {self.name!r}")
+            if name in self.fed():
+                raise GraphError(f"output {name!r} has the name of an input, param or state of graph {self.name!r}")
             self.outputs[name] = t.id
             if not OPS[self.nodes[t.id].op].fed:
                 self.rename(t.id, name)
@@ -148,12 +155,21 @@ class Graph:
         return {i for i in range(mark, self._next_id) if i in self.nodes}
 
     # -- queries ---------------------------------------------------------------------------
+    def fed(self) -> dict[str, int]:
+        """What the caller gives, by name: inputs, params and state."""
+        return {**self.inputs, **self.params, **self.state}
+
+    def counts_steps(self) -> bool:
+        """Whether a scalar of the training step depends on the step counter (a schedule, a bias correction)."""
+        exprs = [*self.scalars.values(), *self.hypers.values()]
+        return any(STEP in sympy.sympify(e).free_symbols for e in exprs)
+
     def order(self, ids=None) -> list[int]:
         """Topological order (ascending ids) of ``ids``, or of every node."""
         return sorted(self.nodes if ids is None else ids)
 
     def roots(self) -> list[int]:
-        """What the graph exists to compute: its outputs and parameter updates."""
+        """What the graph exists to compute: its outputs and the updates of its params and state."""
         return [*self.outputs.values(), *self.updates.values()]
 
     def needed(self, roots) -> set[int]:
@@ -220,7 +236,9 @@ class Graph:
                     raise GraphError(f"node {node.label} ({node.op}) has a bad input id {src}")
             if node.phase not in PHASES:
                 raise GraphError(f"node {node.label} has unknown phase {node.phase!r}")
-        for what, table in (("input", self.inputs), ("param", self.params), ("output", self.outputs)):
+        tables = (("input", self.inputs), ("param", self.params), ("state", self.state), ("output", self.outputs),
+                  ("update", self.updates))
+        for what, table in tables:
             for name, nid in table.items():
                 if nid not in self.nodes:
                     raise GraphError(f"{what} {name!r} points at a missing node")
@@ -303,9 +321,10 @@ class Rebuild:
         old, new, m = self.old, self.new, self.map
         new.inputs = {k: m[v] for k, v in old.inputs.items() if v in m}
         new.params = {k: m[v] for k, v in old.params.items() if v in m}
+        new.state = {k: m[v] for k, v in old.state.items() if v in m}
         new.outputs = {k: m[v] for k, v in old.outputs.items()}
         new.updates = {k: m[v] for k, v in old.updates.items()}
-        new.hypers = dict(old.hypers)
+        new.hypers, new.scalars, new.update_rule = dict(old.hypers), dict(old.scalars), old.update_rule
         for name, nid in new.outputs.items():
             if not OPS[new.nodes[nid].op].fed:
                 new.rename(nid, name)

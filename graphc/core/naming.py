@@ -14,7 +14,8 @@ import re
 
 from graphc.core.registry import OPS
 
-RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
+RESERVED = {"np", "cp", "os", "math", "B", "i", "feeds", "params", "batch", "state", "step", "run", "train_step",
+            "init_params", "init_state", "save", "load", "out", "lr", "dims",
             "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
 
 
@@ -55,9 +56,9 @@ def stem(graph, node, names: dict) -> str:
 
 def node_names(graph) -> dict[int, str]:
     """Every node's name (node id -> identifier): inputs and params first, then the rest in id order."""
-    names = Names(dim_names(graph.dims()).values())
+    names = Names([*dim_names(graph.dims()).values(), *getattr(graph, "hypers", ()), *getattr(graph, "scalars", ())])
     out: dict[int, str] = {}
-    for name, nid in {**graph.inputs, **graph.params}.items():
+    for name, nid in graph.fed().items():
         out[nid] = names.fresh(name)
     for nid in graph.order():
         if nid not in out:

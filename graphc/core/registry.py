@@ -16,11 +16,13 @@ integer inputs that are class ids and how many classes they index, so feeds out 
 ``requires(node, inputs) -> [condition]`` states what the symbolic dims must satisfy for the op to make sense
 (``x[-2:]`` needs ``m ≥ 2``), checked against the feeds by the evaluator and the generated modules.
 
-Traits (data): ``source`` (made from nothing: "input", "param", "const" (an array baked in), "fill" (one value
+Traits (data): ``source`` (made from nothing: "input", "param", "state" (persists between training steps without
+being trained: running statistics, optimizer moments), "const" (an array baked in), "fill" (one value
 everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
 input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (what an unnamed node is
 called in code, diagrams and ``graphc explain``: a stem, or a rule ``var(node, input nodes, names) -> stem``;
-see ``graphc.core.naming``).
+see ``graphc.core.naming``), ``in_place`` (as the new value of a param or state, it is computed straight into that
+array, reading the old value first; other new values are computed aside and copied in).
 
 Backends keep their lowerings in tables of their own, keyed by op name (``graphc.backends``).
 """
@@ -45,6 +47,7 @@ class Op:
     view: bool = False
     linear: bool = False
     var: str | Callable | None = None
+    in_place: bool = False
     describe: Callable | None = None
     batch_axis: Callable | None = None
     batch_copies: Callable | None = None
@@ -55,8 +58,13 @@ class Op:
 
     @property
     def fed(self) -> bool:
-        """Its value is given by the caller (inputs and params)."""
-        return self.source in ("input", "param")
+        """Its value is given by the caller (inputs, params and state)."""
+        return self.source in ("input", "param", "state")
+
+    @property
+    def given(self) -> bool:
+        """Its value exists before any statement runs: fed by the caller, or a constant of the module."""
+        return self.fed or self.source == "const"
 
 
 OPS: dict[str, Op] = {}

@@ -206,7 +206,37 @@ def _mul_stem(factors) -> str:
 
 
 defop("ew", infer=_ew_infer, impl=_ew_impl, vjp=_ew_vjp, batch_axis=_ew_batch_axis, shared_grad=_ew_shared_grad,
-      example_grad=by_vjp, describe=_describe_ew, var=lambda node, ins, names: expr_stem(node.attr("expr")))
+      example_grad=by_vjp, describe=_describe_ew, in_place=True,
+      var=lambda node, ins, names: expr_stem(node.attr("expr")))
+
+
+# -- fused_update: several elementwise expressions over the same elements, run in one loop ------------------------
+# ``exprs`` read the node's inputs ``_0 … _{n-1}`` and the values of the expressions before them (``_{n+j}`` is
+# expression j's); ``targets[k]`` is the input slot of the param or state expression k overwrites in place, or -1
+# for a value only later expressions read (``names[k]``: its name, or None). An expression never reads the old value
+# of a target written before it.
+# The fuse_updates pass makes them from a param's update and its optimizer state's (one CUDA kernel per param).
+def _fused_update_infer(nodes, attrs):
+    return _ew_infer(nodes, {"expr": attrs["exprs"][-1]})
+
+
+def _fused_update_impl(node, env, *args):
+    """The new values of the targets, in order (the reference; generated code writes them in place)."""
+    values = []
+    for expr in node.attr("exprs"):
+        known = {**env, **{arg(i): a for i, a in enumerate([*args, *values])}}
+        with np.errstate(all="ignore"):
+            values.append(np.asarray(interpret(expr, known)).astype(node.dtype))
+    return tuple(v for v, slot in zip(values, node.attr("targets")) if slot >= 0)
+
+
+def _describe_fused_update(node, names) -> str:
+    written = [names[node.inputs[slot]] for slot in node.attr("targets") if slot >= 0]
+    return f"{', '.join(written)} updated in one loop"
+
+
+defop("fused_update", infer=_fused_update_infer, impl=_fused_update_impl, describe=_describe_fused_update,
+      in_place=True)
 
 
 def canonical(expr, inputs: list) -> tuple:

@@ -1,4 +1,4 @@
-"""Sources and shape ops: input/param/const/fill/random_normal, reshape, transpose, broadcast_to, concat,
+"""Sources and shape ops: input/param/state/const/fill/random_normal, reshape, transpose, broadcast_to, concat,
 slicing and its gradient, one_hot."""
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def _describe_const(node, names) -> str:
 
 defop("input", infer=_source_infer, impl=_fed, source="input", describe=lambda node, names: "input")
 defop("param", infer=_source_infer, impl=_fed, source="param", describe=lambda node, names: "param")
+defop("state", infer=_source_infer, impl=_fed, source="state", describe=lambda node, names: "state")
 defop("const", infer=_source_infer, impl=_const_impl, source="const", describe=_describe_const)
 defop("fill", infer=_source_infer, impl=_fill_impl, source="fill",
       var=lambda node, ins, names: {0: "zeros", 1: "ones"}.get(node.attr("value"), "full"),

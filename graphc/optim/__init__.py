@@ -1,4 +1,9 @@
-"""The optimizers layer: update rules as graph nodes, and the training graph that applies them."""
-from graphc.optim.sgd import LR, SGD, training_graph
+"""The optimizers layer: update rules as graph nodes (SGD, Adam, AdamW, with DP-SGD's gradients and global norm
+clipping), learning-rate schedules, and the training graph that applies them."""
+from graphc.optim import schedules
+from graphc.optim.adam import Adam, AdamW
+from graphc.optim.base import LR, Optimizer
+from graphc.optim.sgd import SGD
+from graphc.optim.training import training_graph
 
-__all__ = ["LR", "SGD", "training_graph"]
+__all__ = ["LR", "Adam", "AdamW", "Optimizer", "SGD", "schedules", "training_graph"]

@@ -19,6 +19,7 @@ from graphc.passes.fuse_elementwise import fuse_elementwise
 from graphc.passes.fuse_reductions import fuse_reductions
 from graphc.passes.fuse_softmax_xent import fuse_softmax_xent
 from graphc.passes.fuse_softmax_xent_grad import fuse_softmax_xent_grad
+from graphc.passes.fuse_updates import fuse_updates
 from graphc.passes.scale import scale
 from graphc.passes.simplify import simplify
 
@@ -37,6 +38,7 @@ PIPELINE = [
     (fuse_elementwise, 2),
     (fuse_reductions, 2),
     (dce, 1),
+    (fuse_updates, 2),
 ]
 PASS_NAMES = sorted({p.__name__ for p, _ in PIPELINE})
 
