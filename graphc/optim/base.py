@@ -81,6 +81,13 @@ class Optimizer:
         """Name -> expression of the scalars the update rule reads (``Graph.scalars``)."""
         return {}
 
+    def gradient_scale(self):
+        """A factor the step may apply to the loss instead of to every gradient (None: the rule needs the
+        gradients as they are): where the update is ``p + f·g`` plus terms free of ``g``, differentiating
+        ``f·loss`` gives ``f·g`` for every param at once, and the factor rides on the seed of the backward pass
+        (folded into the ``1/m`` of a mean) instead of costing a pass over every gradient."""
+        return None
+
     def gradients(self, loss: Tensor, params: list[Tensor]) -> list[Tensor] | None:
         """The gradients the update uses where they are not ``∂loss/∂p``; None for the plain gradient."""
         if self.clip_per_example is None:

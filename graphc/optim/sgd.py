@@ -39,6 +39,10 @@ class SGD(Optimizer):
             return {}
         return {GRAD_WEIGHT.name: 1 - scalar(self.dampening) * sympy.Min(STEP, 1)}
 
+    def gradient_scale(self):
+        plain = not (self.momentum or self.clip_grad_norm or self.clip_per_example)
+        return -LR if plain else None
+
     def update(self, param, grad, slots):
         mu = scalar(self.momentum)
         if self.weight_decay:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from graphc.core.errors import GraphError
 from graphc.core.ir import Rebuild
-from graphc.dsl import Tensor, state
+from graphc.dsl import Tensor, fill, state
+from graphc.ops.elementwise import arg, ew
 from graphc.transforms.autodiff import grad
 
 
@@ -43,6 +44,15 @@ def gradients(graph, loss: Tensor, params: list[Tensor], optimizer) -> list[Tens
     for r in graph.grads:
         if r.loss == loss.id and r.seed is None:
             existing.update(zip(r.wrt, r.results))
+    scale = optimizer.gradient_scale()
+    if scale is not None and not existing:  # the step rides on the backward pass: f·∂loss/∂p, divided back by f
+        with graph.in_phase("backward"):   # in the rule's expression, where it cancels (p − lr·(−lr·g)/(−lr))
+            seed = fill(graph, scale, (), loss.dtype)
+        steps = grad(loss, params, seed=seed)
+        for p, step in zip(params, steps):
+            if step.node.phase == "backward" and not step.node.op == "fill":
+                step.named(f"step_{p.name}")  # what the update adds: the gradient times the factor
+        return [ew(arg(0) / scale, [s]) for s in steps]
     missing = [p for p in params if p.id not in existing]
     if missing:
         existing.update((p.id, g.id) for p, g in zip(missing, grad(loss, missing)))
