@@ -335,6 +335,49 @@ def rss_child(key, batch):
     print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+# ------------------------------------------------------------------------------------------------ fixed costs, memory
+def thread_setup(impls) -> str:
+    """Each library's thread pools as they run here: the comparison is fair only if they agree."""
+    parts = []
+    try:
+        from threadpoolctl import threadpool_info
+        parts += [f"{p['internal_api']} {p['num_threads']} threads ({p.get('prefix', '')})" for p in threadpool_info()]
+    except ImportError:
+        parts.append("threadpoolctl not installed: BLAS threads unknown")
+    if "torch" in impls:
+        import torch
+        parts.append(f"torch.get_num_threads() = {torch.get_num_threads()}")
+    return "; ".join(parts)
+
+
+def call_overhead(params, rounds):
+    """µs per step at batch 1, where the fixed costs of a call (checks, buffer look-up) weigh most: graphc's
+    generated step against the hand-written in-place step, interleaved."""
+    x, t = make_data(1)
+    impls = {"graphc": Graphc(params, x, t), "inplace": NumpyInplace(params, x, t)}
+    for impl in impls.values():
+        for _ in range(20):
+            impl.step()
+    per_round = timed_rounds(impls, rounds, 50)
+    g = per_round["graphc"]
+    return {key: (statistics.median(times), statistics.median(a / b for a, b in zip(g, times)))
+            for key, times in per_round.items()}
+
+
+def memory_ratio(program, batch) -> tuple[int, int]:
+    """(bytes of the training step's planned buffers, bytes of the activations its backward pass reads)."""
+    from graphc.optim import training_graph
+    from graphc.passes import optimize
+    trained, _ = optimize(training_graph(mlp_graph(), "loss", gc.SGD(lr=LR)))
+    kept = {i for n in trained.nodes.values() if n.phase != "forward" for i in n.inputs
+            if trained.nodes[i].phase == "forward" and trained.nodes[i].op not in ("input", "param")}
+    sizes = {d: batch for d in trained.dims()}
+    activations = sum(int(np.prod([int(d.subs(sizes)) for d in trained.nodes[i].shape])) * 4 for i in kept)
+    cache = program.module._train_cache.sizes
+    planned = sum(b.nbytes for b in cache[(batch,)] if hasattr(b, "nbytes"))
+    return planned, activations
+
+
 # ----------------------------------------------------------------------------------------------------- compile time
 def deep_mlp(depth, width=64):
     return mlp_graph((width,) * depth + (10,))
@@ -398,7 +441,7 @@ def main():
 
     t0 = time.perf_counter()
     params = gc.compile(mlp_graph(), loss="loss", optimizer=gc.SGD(lr=LR)).init_params(0)
-    results, allocs, profiles = {}, {}, {}
+    results, allocs, profiles, memory = {}, {}, {}, {}
     for batch in ARGS.batches:
         x, t = make_data(batch)
         impls = {key: cls(params, x, t) for key, cls in impls_avail.items()}
@@ -416,18 +459,26 @@ def main():
         for key in ("graphc", "textbook", "inplace"):
             allocs[key, batch] = allocations(impls[key]) + peak_rss(key, batch)
         profiles[batch] = profile_statements(impls["graphc"].program, params, {"x": x, "t": t}, 10 * burst)
+        memory[batch] = memory_ratio(impls["graphc"].program, batch)
+        threads = thread_setup(impls)
+    overhead = call_overhead(params, rounds)
+    print(f"  batch 1: graphc {overhead['graphc'][0] * 1e6:.0f} µs, in-place NumPy "
+          f"{overhead['inplace'][0] * 1e6:.0f} µs, ratio {overhead['inplace'][1]:.2f}", flush=True)
     ctimes = compile_times(depths)
-    write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rounds, burst)
+    write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rounds, burst,
+                 extra=(threads, overhead, memory))
     print(f"total {time.perf_counter() - t0:.0f} s; wrote {RESULTS}/mlp.md, mlp.png, compile_time.png")
 
 
-def write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rounds, burst):
+def write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rounds, burst, extra):
+    threads, overhead, memory = extra
     names = {key: cls.name for key, cls in impls_avail.items()}
     out = ["# MLP 784-512-512-10 training step (float32, SGD)", "",
            f"`python bench/mlp.py{' --quick' if ARGS.quick else ''}` — {env}.", "",
            f"Median per-step time over {rounds} interleaved rounds of {burst} steps after warm-up; "
            "ratio = median over rounds of (peer ÷ graphc in the same round), so < 1 means faster than graphc. "
-           "Losses and gradients of every implementation were checked against graphc's before timing.", ""]
+           "Losses and gradients of every implementation were checked against graphc's before timing.", "",
+           f"Thread pools as they ran: {threads}.", ""]
     out += [f"> {note}" for note in notes] + ([""] if notes else [])
     head = "| implementation | " + " | ".join(f"batch {b}: ms | ratio" for b in results) + " |"
     out += [head, "|---|" + "---:|---:|" * len(results)]
@@ -449,6 +500,14 @@ def write_report(results, allocs, profiles, ctimes, notes, env, impls_avail, rou
         out.append(f"| {names[key]} | {batch} | {peak / 1024:,.1f} KiB | {kept / 1024:,.1f} KiB | {rss:.0f} MiB "
                    f"| {grow:.1f} MiB |")
 
+    out += ["", "Planned buffers of graphc's training step against the activations its backward pass reads (what any "
+            "implementation must keep from the forward pass): " + ", ".join(
+                f"batch {b}: {p / 2**20:.1f} MiB for {a / 2**20:.1f} MiB, ×{p / a:.2f}" for b, (p, a) in memory.items())
+            + "."]
+    out += ["", "## Fixed costs of a call", "",
+            f"Batch 1, where checking the feeds and finding the buffers weigh most ({rounds} interleaved rounds of 50 "
+            f"steps): graphc {overhead['graphc'][0] * 1e6:.0f} µs per step, the hand-written in-place NumPy step "
+            f"{overhead['inplace'][0] * 1e6:.0f} µs; graphc ÷ hand-written {overhead['inplace'][1]:.2f}."]
     out += ["", "## Compile time against depth", "",
             "`gc.compile` of an MLP with `depth` layers of width 64 (graph construction, training graph, optimization "
             "and emission), timed once each.", "", "| depth | seconds | ms per layer |", "|---:|---:|---:|"]
