@@ -15,6 +15,7 @@ import re
 from graphc.core.registry import OPS
 
 RESERVED = {"np", "cp", "B", "i", "feeds", "params", "batch", "run", "train_step", "init_params", "out", "lr", "dims",
+            "call", "predict", "itertools", "threading",
             "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
 
 
