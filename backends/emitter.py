@@ -11,6 +11,7 @@ writing statements), its expression printer, its runtime helpers and the hooks w
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 
@@ -26,6 +27,12 @@ from graphc.core.errors import GraphError
 from graphc.core.initializers import init_array
 from graphc.core.naming import dim_names
 from graphc.core.registry import OPS
+
+
+@functools.cache
+def source_lines(fn) -> list[str]:
+    """The source of a helper the generated module carries (read once: ``inspect`` rereads the file each time)."""
+    return inspect.getsource(fn).rstrip().splitlines()
 
 
 class Lowerings(dict):
@@ -368,7 +375,7 @@ class ModuleEmitter:
         """Module-level definitions the functions use: the runtime helpers."""
         helpers = [*self.RUNTIME, *(self.NUMERICS if self.check_numerics else ()), *self.helper_functions]
         for fn in helpers:
-            w.lines.extend(inspect.getsource(fn).rstrip().splitlines())
+            w.lines.extend(source_lines(fn))
             w.line("")
             w.line("")
 
@@ -449,7 +456,7 @@ class ModuleEmitter:
         self._api(w, fns)
         w.line("")
         w.line("")
-        w.lines.extend(inspect.getsource(init_array).rstrip().splitlines())
+        w.lines.extend(source_lines(init_array))
         return w.text()
 
     def _checks(self, w: CodeWriter) -> None:

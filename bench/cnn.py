@@ -18,7 +18,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
-from interleave import interleaved  # noqa: E402 - bench/ is the script's folder
+from measure import interleaved  # noqa: E402 - bench/ is the script's folder
 
 import graphc as gc  # noqa: E402
 

@@ -11,7 +11,6 @@ allocated above them during a steady-state step (tracemalloc). Results go to ben
 import argparse
 import os
 import platform
-import tracemalloc
 from pathlib import Path
 
 _parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,7 +23,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
-from interleave import interleaved  # noqa: E402 - bench/ is the script's folder
+from measure import allocated, interleaved  # noqa: E402 - bench/ is the script's folder
 
 import graphc as gc  # noqa: E402
 
@@ -78,15 +77,6 @@ def buffer_bytes(prog, batch) -> int:
     return sum(a.nbytes for a in buffers) + sum(a.nbytes for a in buffers.named.values())
 
 
-def transient_bytes(step) -> int:
-    step()
-    tracemalloc.start()
-    step()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
-
-
 def one_vocab(vocab: int) -> list[str]:
     rng = np.random.default_rng(0)
     ids, t = rng.integers(0, vocab, (BATCH, TOKENS)), rng.integers(0, CLASSES, BATCH)
@@ -106,7 +96,7 @@ def one_vocab(vocab: int) -> list[str]:
     for name, ts in times.items():
         ratio = np.median([t / g for t, g in zip(ts, base)])
         rows.append(f"| {vocab:,} | {name} | {np.median(ts) * 1e3:.2f} | {ratio:.2f} |")
-    kept, extra = buffer_bytes(prog, batch), transient_bytes(ours)
+    kept, extra = buffer_bytes(prog, batch), allocated(ours)
     onehot = BATCH * TOKENS * vocab * 4
     note = (f"V = {vocab:,}: graphc's step keeps {kept / 2**20:.1f} MiB of buffers (the table's gradient "
             f"{vocab * DIM * 4 / 2**20:.1f} MiB of it) and allocates {extra / 1024:.1f} KiB above them per step; "

@@ -1,6 +1,8 @@
-"""Interleaved timing, shared by the benchmarks: each implementation runs a short burst in turn, round after round
-(the order reversed every other round), so drifts of the machine's speed hit all of them alike."""
+"""What the benchmarks share: interleaved timing (each implementation runs a short burst in turn, round after round,
+the order reversed every other round, so drifts of the machine's speed hit all of them alike) and the memory a
+steady-state call allocates."""
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -20,3 +22,13 @@ def interleaved(runs: dict, rounds: int, burst: int = 10, warmup: int = 3) -> di
                 per.append(time.perf_counter() - start)
             times[name].append(float(np.median(per)))
     return times
+
+
+def allocated(f) -> int:
+    """The most bytes allocated during one steady-state call of ``f`` (tracemalloc; NumPy reports its arrays)."""
+    f()
+    tracemalloc.start()
+    f()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
