@@ -11,6 +11,7 @@ writing statements), its expression printer, its runtime helpers and the hooks w
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import textwrap
@@ -30,6 +31,12 @@ from graphc.core.ir import STEP
 from graphc.core.naming import Names, dim_names
 from graphc.core.registry import OPS
 from graphc.dsl import STEP_COUNTER
+
+
+@functools.cache
+def source_lines(fn) -> list[str]:
+    """The source of a helper the generated module carries (read once: ``inspect`` rereads the file each time)."""
+    return inspect.getsource(fn).rstrip().splitlines()
 
 
 class Lowerings(dict):
@@ -157,6 +164,7 @@ class FunctionEmitter:
         for nid, name in self.updates.items():
             self.var[nid] = self.var[fed[name]]  # a new value written in place is read there
         self.names = Names([*module.dim_vars.values(), *graph.hypers, *graph.scalars, *named.values()])  # locals
+        self.draws = any(OPS[graph.nodes[n].op].source == "random" for n in needed)  # takes the call number
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
@@ -332,11 +340,13 @@ class ModuleEmitter:
     ARRAY = ""  # what the checks accept as an array
     LOWERINGS: Lowerings = Lowerings()
     RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers,  # helpers every module carries
-                      runtime._buffers, runtime._check_classes)
+                      runtime._buffers, runtime._check_classes, runtime._only)
     NUMERICS: tuple = ()  # helpers of check_numerics
 
-    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
+    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False,
+                 predict_graph=None):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
+        self.predict_graph = predict_graph  # the outputs predict computes, in inference mode; None: none
         self.dims = graph.dims()
         self.dim_vars = dim_names(self.dims)  # a dim's variable in the module's functions
         self.constants: dict = {}
@@ -379,16 +389,14 @@ class ModuleEmitter:
             data, shape, dtype = node.attr("value")
             arr = np.frombuffer(data, dtype=dtype).reshape(shape)
             name = f"_CONST{len(self.constants)}"
-            self.constants[node.id] = (name, self._array_text(f"np.array({arr.tolist()!r}, dtype=np.{dtype})"))
+            values = re.sub(r"\b(inf|nan)\b", r"np.\1", repr(arr.tolist()))  # repr writes inf, nan: no names
+            self.constants[node.id] = (name, self._array_text(f"np.array({values}, dtype=np.{dtype})"))
         return self.constants[node.id][0]
 
     def generator(self, node) -> str:
-        """A module-level generator for a ``random_normal`` stream: it advances with every call."""
-        seed, stream = node.attr("seed"), node.attr("stream")
-        key = ("rng", seed, stream)
-        if key not in self.constants:
-            self.constants[key] = (f"_RNG{len(self.constants)}", f"{self.XP}.random.default_rng([{seed}, {stream}])")
-        return self.constants[key][0]
+        """The generator a random node draws from: one per stream and call, ``default_rng([seed, stream, call])``
+        with ``call`` the function's argument, so call ``c`` draws what ``g.evaluate(feeds, call=c)`` draws."""
+        return f"{self.XP}.random.default_rng([{node.attr('seed')}, {node.attr('stream')}, call])"
 
     def _array_text(self, host: str) -> str:
         """Module-level text for a host (NumPy) array as this backend's array."""
@@ -398,7 +406,7 @@ class ModuleEmitter:
         """Module-level definitions the functions use: the runtime helpers."""
         helpers = [*self.RUNTIME, *(self.NUMERICS if self.check_numerics else ()), *self.helper_functions]
         for fn in helpers:
-            w.lines.extend(inspect.getsource(fn).rstrip().splitlines())
+            w.lines.extend(source_lines(fn))
             w.line("")
             w.line("")
 
@@ -437,6 +445,8 @@ class ModuleEmitter:
         fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
         if self.train_graph is not None:
             fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
+        if self.predict_graph is not None and self.predict_graph.outputs:
+            fns.append(("_predict", FunctionEmitter(self.predict_graph, self, "_predict")))
         body = {}
         for fname, fe in fns:
             cw = CodeWriter()
@@ -448,6 +458,8 @@ class ModuleEmitter:
         self._docstring(w)
         if "math." in "\n".join(api.lines):
             w.line("import math")
+        if any(fe.draws for _, fe in fns):
+            w.line("import itertools")
         if self.train_graph is not None:
             w.line("import os")
         w.line("import threading")
@@ -465,6 +477,9 @@ class ModuleEmitter:
                 w.line(f"{title} = {{" + ", ".join(f"{n!r}: ({shapes.fmt(kept[n][0])!r}, {kept[n][1]!r}, "
                                                    f"{kept[n][2]!r})" for n in names) + "}")
         w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
+        w.line(f"PREDICTS = {tuple(self.predict_graph.outputs if self.predict_graph else ())!r}")
+        if any(fe.draws for _, fe in fns):
+            w.line("_CALLS = itertools.count()  # numbers the calls that draw random values: each draws anew")
         for name, text in self.constants.values():
             w.line(f"{name} = {text}")
         w.line("")
@@ -474,7 +489,8 @@ class ModuleEmitter:
         for fname, fe in fns:
             self._buffers(w, fname, fe)
             fed = [fe.var[i] for i in fe.graph.fed().values()]
-            args = ", ".join(["B", *self.dim_vars.values(), *fed, *fe.graph.hypers, *fe.graph.scalars])
+            args = ", ".join(["B", *(["call"] if fe.draws else []), *self.dim_vars.values(), *fed, *fe.graph.hypers,
+                              *fe.graph.scalars])
             w.line("")
             with w.block(f"def {fname}({args}):"):
                 self.emitted[fname] = Emitted(fe, len(w.lines))
@@ -485,7 +501,7 @@ class ModuleEmitter:
         w.lines.extend(api.lines)
         w.line("")
         w.line("")
-        w.lines.extend(inspect.getsource(init_array).rstrip().splitlines())
+        w.lines.extend(source_lines(init_array))
         return w.text()
 
     def _docstring(self, w: CodeWriter) -> None:
@@ -493,10 +509,11 @@ class ModuleEmitter:
         w.line(f'"""{g.name}: generated by graphc from graph {g.name!r} '
                f'({self.TITLE} backend, opt level {self.opt_level}).')
         w.line("")
-        usage = f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs" + (
-            f"; train_step(params, batch, state) for one training step, {t.update_rule} (state = init_state(params),"
-            " or none where the step keeps none); save(path, params, state) and load(path) for checkpoints."
-            if t is not None else ".")
+        usage = (f"Standalone: needs only {self.TITLE}. Call run(feeds) for the outputs; predict(feeds) for the "
+                 "outputs that need no labels, without dropout or gradients" + (
+                     f"; train_step(params, batch, state) for one training step, {t.update_rule} (state = "
+                     "init_state(params), or none where the step keeps none); save(path, params, state) and "
+                     "load(path) for checkpoints." if t is not None else "."))
         for line in textwrap.wrap(usage, 116, break_long_words=False, break_on_hyphens=False):
             w.line(line)
         if t is not None:
@@ -521,23 +538,28 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
-        with w.block("def _check(feeds, names, dims=None):"):
-            w.line('"""Check feeds against the declared shapes and dtypes; returns the bound dims, in DIMS order."""')
+        self._dims_function(w, "_dims", self.graph.inputs)
+        if self._predict_binds_apart():
+            self._dims_function(w, "_predict_dims", self.predict_graph.inputs)
+        with w.block("def _check(feeds, names, dims=None, bind=_dims):"):
+            w.line('"""Check feeds against the declared shapes and dtypes; returns the dims in DIMS order (bind reads '
+                   'them)."""')
             with w.block("if not isinstance(feeds, dict) or len(feeds) != len(names):"):
                 w.line("_explain(feeds, names)")
             with w.block("for name in names:"):
                 with w.block("if name not in feeds:"):
                     w.line("_explain(feeds, names)")
             with w.block("if dims is None:"):
-                for d, var in self.dim_vars.items():
-                    w.line(f"{var} = {self._binding(d)}")
-                w.line(f"dims = ({''.join(var + ', ' for var in self.dim_vars.values())})")
+                w.line("dims = bind(feeds)")
                 if self.dims:
                     with w.block("if 0 in dims:"):
                         w.line('raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at '
                                'least 1")')
                 printer = self.printer(self.dim_vars)
-                for condition, what in self.requirements():
+                requirements = self.requirements()
+                if requirements:
+                    w.line(f"{''.join(var + ', ' for var in self.dim_vars.values())}= dims")
+                for condition, what in requirements:
                     test = f"{printer.doprint(condition.lhs)} {condition.rel_op} {printer.doprint(condition.rhs)}"
                     with w.block(f"if not ({test}):"):
                         w.line(f'raise ValueError(f"{what} needs {condition}, got {{dict(zip(DIMS, dims))}}")')
@@ -577,23 +599,44 @@ class ModuleEmitter:
                     found.setdefault(condition, f"{node.op} {describe(node, graph.names())}")
         return sorted(found.items(), key=lambda item: str(item[0]))
 
-    def _binding(self, d) -> str:
-        """How a symbolic dim is read off the feeds: the first axis that is exactly that dim."""
+    def _predict_binds_apart(self) -> bool:
+        """Whether predict reads a dim off other inputs than run does (run's came from the labels)."""
+        if self.predict_graph is None or not self.predict_graph.outputs:
+            return False
+        return self._bindings(self.predict_graph.inputs) != self._bindings(self.graph.inputs)
+
+    def _bindings(self, inputs: dict) -> list[str]:
+        """How each dim is read off feeds of ``inputs`` (a dim none of them has is 1: nothing computed uses it)."""
+        return [self._binding(d, inputs) or "1" for d in self.dims]
+
+    def _dims_function(self, w: CodeWriter, fname: str, inputs: dict) -> None:
+        with w.block(f"def {fname}(feeds):"):
+            w.line('"""The symbolic dims, in DIMS order, read off the feeds."""')
+            for var, text in zip(self.dim_vars.values(), self._bindings(inputs)):
+                w.line(f"{var} = {text}")
+            w.line(f"return ({''.join(var + ', ' for var in self.dim_vars.values())})")
+        w.line("")
+        w.line("")
+
+    def _binding(self, d, inputs: dict) -> str | None:
+        """How a symbolic dim is read off the feeds of ``inputs``: the first axis that is exactly that dim."""
         g = self.graph
-        for name, nid in g.inputs.items():
-            for axis, e in enumerate(g.nodes[nid].shape):
+        for name in inputs:
+            for axis, e in enumerate(g.nodes[g.inputs[name]].shape):
                 if e == d:
                     return f'_shape_of(feeds, {name!r}, {axis})'
-        for name, nid in g.inputs.items():
-            for axis, e in enumerate(g.nodes[nid].shape):
+        for name in inputs:
+            for axis, e in enumerate(g.nodes[g.inputs[name]].shape):
                 if e.free_symbols == {d}:  # an axis of size f(d): solved for d (checked against the feeds after)
                     n = sympy.Symbol("_n", positive=True, integer=True)
                     solutions = [v for v in sympy.solve(sympy.Eq(e, n), d) if v.is_positive is not False]
                     if len(solutions) == 1:
                         text = self.printer({n: f"_shape_of(feeds, {name!r}, {axis})"}).doprint(solutions[0])
                         return f"round({text})"
-        raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}: no input axis has a size "
-                         f"that determines it alone (e.g. {d} or 28*{d})")
+        if inputs is self.graph.inputs:
+            raise GraphError(f"dim {d} cannot be bound from the inputs of graph {g.name!r}: no input axis has a "
+                             f"size that determines it alone (e.g. {d} or 28*{d})")
+        return None
 
     def _buffers(self, w: CodeWriter, fname: str, fe: FunctionEmitter) -> None:
         dims = ", ".join(self.dim_vars.values())
@@ -610,27 +653,26 @@ class ModuleEmitter:
 
     def _api(self, w: CodeWriter, fns) -> None:
         g = self.graph
+        fes = dict(fns)
         fed = list(g.fed())
         with w.block("def run(feeds, copy=True):"):
             w.line('"""The graph\'s outputs for feeds (every input, param and state by name): fresh arrays, or with')
             w.line('copy=False the module\'s reused buffers themselves, valid until the next call."""')
             w.line(f"dims = _check(feeds, {tuple(fed)!r})")
-            self._to_device(w, "feeds")
-            w.line("B = _buffers(_compute_cache, dims, _compute_allocate)")
-            args = ", ".join(f"feeds[{n!r}]" for n in fed)
-            w.line(f"out = _compute(B, {self._dims_args()}{args})")
-            fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
-            w.line(f"return {fresh} if copy else out")
+            self._outputs(w, fes["_compute"], fed)
+        w.line("")
+        w.line("")
+        self._predict_api(w, fes.get("_predict"))
         w.line("")
         w.line("")
         with w.block("def init_params(seed=0):"):
             w.line('"""Fresh parameters from their declared initializers (same values as gc.init_params)."""')
             fresh = self._array_text("init_array(spec[2], _SHAPES[name](*_ANY_DIMS), spec[1], seed, index)")
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
-        if self.state_names() or len(fns) > 1:  # every training step has one, if only to return {}
+        if self.state_names() or "_train" in fes:  # every training step has one, if only to return {}
             self._init_state(w)
-        if len(fns) > 1:
-            self._train_step(w)
+        if "_train" in fes:
+            self._train_step(w, fes["_train"])
             self._checkpoints(w)
 
     def _dims_args(self) -> str:
@@ -650,7 +692,37 @@ class ModuleEmitter:
                 fresh = f"{host} if name == {STEP_COUNTER!r} else {fresh}"  # the step counter stays on the host
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(STATE.items())}}")
 
-    def _train_step(self, w: CodeWriter) -> None:
+    def _call(self, fe: FunctionEmitter, args) -> str:
+        """The call of a generated function: buffers, the call number where it draws random values, dims, arrays."""
+        return f"{fe.fname}(B, {'next(_CALLS), ' if fe.draws else ''}{self._dims_args()}{', '.join(args)})"
+
+    def _predict_api(self, w: CodeWriter, fe: FunctionEmitter | None) -> None:
+        """``predict``: the outputs that need no labels, in inference mode (no dropout), without gradients."""
+        if fe is None:
+            with w.block("def predict(feeds, copy=True):"):
+                w.line('"""No output of this graph is computed without its labels: compile with predict=[names]."""')
+                w.line(f'raise ValueError("graph {self.graph.name!r} has no output that needs no labels; name the '
+                       'outputs to predict when compiling: gc.compile(..., predict=[...]), graphc build --predict")')
+            return
+        names = tuple(fe.graph.fed())
+        with w.block("def predict(feeds, copy=True):"):
+            w.line('"""The outputs in PREDICTS, in inference mode (no dropout, no gradients), for feeds of their')
+            w.line('inputs and params by name (the graph\'s others, such as labels, are ignored): fresh arrays, or')
+            w.line('with copy=False the module\'s reused buffers themselves, valid until the next call."""')
+            w.line(f"feeds = _only(feeds, {names!r})")
+            bind = ", bind=_predict_dims" if self._predict_binds_apart() else ""
+            w.line(f"dims = _check(feeds, {names!r}{bind})")
+            self._outputs(w, fe, names)
+
+    def _outputs(self, w: CodeWriter, fe: FunctionEmitter, names) -> None:
+        """The end of run and predict: the call of ``fe`` on the checked feeds ``names``, its outputs returned."""
+        self._to_device(w, "feeds")
+        w.line(f"B = _buffers({fe.fname}_cache, dims, {fe.fname}_allocate)")
+        w.line(f"out = {self._call(fe, [f'feeds[{n!r}]' for n in names])}")
+        fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
+        w.line(f"return {fresh} if copy else out")
+
+    def _train_step(self, w: CodeWriter, fe: FunctionEmitter) -> None:
         t, inputs, params = self.train_graph, list(self.graph.inputs), list(self.graph.params)
         state = self.state_names()
         scheduled = {k: v for k, v in t.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
@@ -681,13 +753,13 @@ class ModuleEmitter:
                 w.line(f"{name} = {host.doprint(expr)}")
             self._to_device(w, "batch", "params", *(["state"] if state else []))
             w.line("B = _buffers(_train_cache, dims, _train_allocate)")
-            args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
-                              *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])
+            args = [*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
+                    *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars]
             after = CodeWriter()
             self._write_back(after)
             if STEP_COUNTER in state:
                 after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
-            w.line(f"{'out =' if after.lines else 'return'} _train(B, {self._dims_args()}{args})")
+            w.line(f"{'out =' if after.lines else 'return'} {self._call(fe, args)}")
             if after.lines:
                 w.lines.extend("    " * w.depth + line for line in after.lines)
                 w.line("return out")

@@ -34,12 +34,20 @@ class _Buffers(list):
 
 
 def _check_classes(labels, classes, name):
-    """Raise ValueError where integer class ids fall outside 0 … classes − 1 (they would index another row)."""
+    """Raise ValueError where integer ids (class ids, rows of a table) fall outside 0 … classes − 1: they would
+    read another row, or memory outside the array."""
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
-            raise ValueError(f"{name} holds the class id {low if low < 0 else high}, outside the classes "
-                             f"0..{classes - 1}")
+            raise ValueError(f"{name} holds the id {low if low < 0 else high}, outside 0..{classes - 1}")
+
+
+def _only(feeds, names):
+    """The feeds of ``names`` alone: the graph's other inputs and params (labels) are ignored, unknown names kept
+    (so the check reports them)."""
+    if not isinstance(feeds, dict) or len(feeds) == len(names):
+        return feeds
+    return {name: value for name, value in feeds.items() if name in names or name not in _SPEC}
 
 
 def _buffers(cache, dims, allocate, keep=4):

@@ -8,7 +8,6 @@ step before timing; runs interleaved, medians of per-round medians, ratio = PyTo
 """
 import argparse
 import os
-import time
 
 _parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 _parser.add_argument("--threads", type=int, default=1, help="threads for both (default 1)")
@@ -19,6 +18,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
+from measure import interleaved  # noqa: E402 - bench/ is the script's folder
 
 import graphc as gc  # noqa: E402
 
@@ -78,18 +78,7 @@ def main():
     for k in ours:
         assert np.allclose(ours[k], tp[k].detach().numpy(), rtol=1e-4, atol=1e-6), k
     runs = {"graphc": lambda: prog.train_step(ours, batch), "PyTorch eager": theirs}
-    times = {k: [] for k in runs}
-    for _ in range(5):
-        for f in runs.values():
-            f()
-    for r in range(ARGS.rounds):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            per = []
-            for _ in range(10):
-                start = time.perf_counter()
-                runs[name]()
-                per.append(time.perf_counter() - start)
-            times[name].append(np.median(per))
+    times = interleaved(runs, ARGS.rounds, warmup=5)
     ratios = [p / g for p, g in zip(times["PyTorch eager"], times["graphc"])]
     print(f"small CNN train step, batch {ARGS.batch}, {ARGS.threads} thread(s), {ARGS.rounds} interleaved rounds")
     for name in runs:

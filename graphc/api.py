@@ -8,13 +8,16 @@ from graphc.dsl import Tensor, assign, const, init_params, init_state, input, pa
 from graphc.ops import OPS as _REGISTERED  # noqa: F401 - importing the ops registers them
 from graphc.ops import functions
 from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
-from graphc.ops.elementwise import equal, greater, greater_equal, less, less_equal
+from graphc.ops.elementwise import cast, equal, greater, greater_equal, less, less_equal
 from graphc.ops.functions import *  # noqa: F403 - the elementwise functions, as listed in their module
 from graphc.ops.functions import abs_ as abs
+from graphc.ops.indexing import take
 from graphc.ops.linalg import matmul
-from graphc.ops.nn import log_softmax, softmax, softmax_cross_entropy
-from graphc.ops.reduce import logsumexp, mean
+from graphc.ops.nn import layer_norm, log_softmax, softmax, softmax_cross_entropy
+from graphc.ops.random import dropout, random_normal, random_uniform
+from graphc.ops.reduce import logsumexp, mean, std, var
 from graphc.ops.reduce import reduce_max as max
+from graphc.ops.reduce import reduce_min as min
 from graphc.ops.reduce import reduce_sum as sum
 from graphc.ops.shape import broadcast_to, concat, one_hot, reshape, transpose
 from graphc.optim import SGD, Adam, AdamW, schedules
@@ -27,7 +30,8 @@ __all__ = [
     "Graph", "GraphError", "OPS", "Program", "Tensor", "compile", "dim", "input", "param", "state", "assign", "const",
     "init_params", "init_state", "grad", "load_module", "render", "SGD", "Adam", "AdamW", "schedules",
     "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
-    "sum", "mean", "max", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape", "transpose",
-    "softmax", "log_softmax", "softmax_cross_entropy", "conv2d", "max_pool2d", "avg_pool2d", "flatten",
+    "sum", "mean", "max", "min", "var", "std", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape",
+    "transpose", "take", "cast", "softmax", "log_softmax", "softmax_cross_entropy", "layer_norm", "conv2d",
+    "max_pool2d", "avg_pool2d", "flatten", "dropout", "random_normal", "random_uniform",
     "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]

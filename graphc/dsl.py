@@ -165,7 +165,7 @@ def const(value, dtype: str | None = None, name: str | None = None) -> Tensor:
                       "bool" if arr.dtype.kind == "b" else None)
     if dtype is None:
         raise GraphError(f"gc.const: cannot hold an array of dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = np.array(arr, dtype=dtype, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
     attrs = {"value": (arr.tobytes(), arr.shape, dtype)}
     return Tensor(g, g.add("const", (), attrs, shapes.as_shape(arr.shape), dtype, name))
 

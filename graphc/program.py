@@ -11,16 +11,27 @@ from graphc.backends import BACKENDS
 from graphc.core import ir
 from graphc.core.errors import GraphError
 from graphc.core.files import write_atomic
+from graphc.dsl import Tensor
 from graphc.optim import SGD, training_graph
 from graphc.passes import optimize
+from graphc.transforms.inference import changes_in_inference, inference_graph, prediction_outputs
 
 
 class Graph(ir.Graph):
     """A static computation graph; also the ``with gc.Graph("name") as g:`` context of the DSL.
 
-    ``g.output(**named)`` declares outputs, ``g.evaluate(feeds)`` is the reference interpreter,
+    ``g.output(**named)`` declares outputs, ``g["name"]`` is the tensor of an input, param or output,
+    ``g.evaluate(feeds)`` is the reference interpreter,
     ``g.to_dot(stage)`` / ``g.to_mermaid(stage)`` draw it (forward, backward or optimized).
     """
+
+    def __getitem__(self, name: str) -> Tensor:
+        """The tensor of the input, param or output called ``name``: ``g["logits"]``."""
+        for table in (self.inputs, self.params, self.outputs):
+            if name in table:
+                return Tensor(self, table[name])
+        raise GraphError(f"graph {self.name!r} has no input, param or output {name!r} (inputs {list(self.inputs)}, "
+                         f"params {list(self.params)}, outputs {list(self.outputs)})")
 
     def to_dot(self, stage: str = "forward", **kw) -> str:
         return viz.to_dot(self, stage=stage, **kw)
@@ -54,6 +65,11 @@ class Program:
         """The outputs; ``copy=False`` returns the module's reused buffers (valid until the next call)."""
         return self.module.run(feeds, copy)
 
+    def predict(self, feeds: dict, copy: bool = True) -> dict:
+        """The outputs that need no labels, in inference mode (no dropout) and without gradients: the module's
+        ``predict``; feeds are their inputs and params (others of the graph are ignored)."""
+        return self.module.predict(feeds, copy)
+
     def train_step(self, params: dict, batch: dict, state: dict | None = None, **hypers) -> dict:
         """One training step, params and state updated in place; ``lr=`` overrides the compiled (or scheduled)
         learning rate for this step."""
@@ -85,8 +101,12 @@ class Program:
 
 
 def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None = None, optimizer=None,  # noqa: A001
-            disable=(), check_numerics: bool = False) -> Program:
-    """Optimize ``graph`` and emit a standalone module for ``backend``; with ``loss`` also a training step."""
+            disable=(), check_numerics: bool = False, predict=None) -> Program:
+    """Optimize ``graph`` and emit a standalone module for ``backend``; with ``loss`` also a training step.
+
+    The module's ``predict`` computes the outputs named in ``predict``, by default the forward outputs that
+    the loss's labels do not reach (``graphc.transforms.inference.prediction_outputs``).
+    """
     if backend not in BACKENDS:
         raise GraphError(f"unknown backend {backend!r}; choose one of {tuple(BACKENDS)}")
     if not graph.outputs:
@@ -94,21 +114,33 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     graph.check_dims()
     if optimizer is not None and loss is None:
         loss = "loss"
-    optimized, records = optimize(inference_graph(graph), opt_level, disable)
+    optimized, records = optimize(without_updates(graph), opt_level, disable)
     trained, train_records = None, []
     if loss is not None:
         late = ("fuse_updates",) if check_numerics else ()  # every new value is checked before any is written
         trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level,
                                           (*disable, *late))
-    emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics)
+    names = prediction_outputs(graph, loss or "loss") if predict is None else list(predict)
+    predicted = _prediction_graph(without_updates(graph), optimized, names, opt_level, disable)
+    emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics, predict_graph=predicted)
     source = emitter.source()
     return Program(graph, backend, source, records, train_records, emitter.emitted)
 
 
-def inference_graph(graph):
-    """``graph`` without its state updates: ``run`` computes the outputs and writes nothing."""
+def without_updates(graph):
+    """``graph`` without its state updates: ``run`` and ``predict`` compute outputs and write nothing."""
     if not graph.updates:
         return graph
     new = ir.Rebuild(graph).run()
     new.updates = {}
     return new
+
+
+def _prediction_graph(graph, optimized, names, opt_level: int, disable):
+    """What predict computes: the optimized graph's own nodes for ``names``, or where dropout reaches them, the
+    graph in inference mode optimized on its own (so the masks, now 1, fold away)."""
+    if not names:
+        return None
+    if changes_in_inference(graph, names):
+        return optimize(inference_graph(graph, names), opt_level, disable)[0]
+    return inference_graph(optimized, names)

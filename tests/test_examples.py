@@ -15,7 +15,7 @@ NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "tra
                  "from_onnx.py"}
 STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
               "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
-              "per_example_grads.py", "from_onnx.py"]
+              "per_example_grads.py", "from_onnx.py", "transformer_tiny.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -61,6 +61,9 @@ def test_example_runs(name, tmp_path):
         assert (tmp_path / "mlp_onnx_numpy.py").is_file() and "200 SGD steps from the imported weights" in proc.stdout
         before, after = map(float, re.search(r"loss (\S+) -> (\S+),", proc.stdout).groups())
         assert after < before
+    if name == "transformer_tiny.py":
+        assert accuracy(proc.stdout) >= 0.95
+        assert (tmp_path / "transformer_tiny_numpy.py").is_file() and "predict computes ('logits',)" in proc.stdout
     if name == "per_example_grads.py":
         assert "DP-SGD" in proc.stdout and proc.stdout.count("<- flipped") == 3
 

@@ -6,6 +6,7 @@ import sympy
 import graphc as gc
 from graphc.ops import OPS
 from graphc.ops import conv as cv
+from graphc.ops import indexing as ix
 from graphc.ops.elementwise import FUNCTIONS
 
 from helpers import assert_grads_match_fd, m, op_graph, random_feeds
@@ -46,6 +47,10 @@ CASES = {
         (lambda a, b: gc.sin(a) * gc.cos(b), [(m, 4), (4,)], {}),
         (gc.rsqrt, [(m, 4)], {"low": 0.5, "high": 3.0}),
         (lambda a: gc.exp(a) * 0 + gc.log1p(gc.abs(a)) * gc.tanh(a), [(m, 3)], {"avoid_zero": True}),
+        (lambda a, b: gc.where(gc.where(a > 0, a > b, b > 0), a, b), [(m, 4), (4,)], {}),  # a bool where
+        (lambda a, b: gc.layer_norm(a, b, b * b, axis=-1), [(m, 4), (4,)], {}),
+        (lambda a: gc.layer_norm(a, axis=(0, 2), eps=0.1), [(m, 2, 3)], {}),
+        (lambda a: gc.var(a, axis=1, keepdims=True, ddof=1) + gc.std(a, axis=0, keepdims=True), [(m, 4)], {}),
     ],
     "sum": [
         (lambda a: gc.sum(a), [(m, 4)], {}),
@@ -59,6 +64,7 @@ CASES = {
         (lambda a: gc.max(a), [(m, 4)], {}),
         (lambda a: gc.max(a, axis=1), [(m, 4)], {}),
         (lambda a: gc.max(a, axis=(0, 2), keepdims=True), [(2, m, 4)], {}),
+        (lambda a: gc.min(a, axis=1) + a.min(), [(m, 4)], {}),
     ],
     "logsumexp": [
         (lambda a: gc.logsumexp(a, axis=-1), [(m, 4)], {}),
@@ -86,9 +92,23 @@ CASES = {
         (lambda a: a[1:, ::2], [(m, 5)], {}),
         (lambda a: a[..., -1], [(m, 2, 3)], {}),
         (lambda a: a[0], [(m, 4)], {}),
+        (lambda a: a[::-1, None, 3:0:-2], [(m, 5)], {}),
+        (lambda a: a[..., ::-2] * a[:, None, -1, 1:], [(m, 2, 3)], {}),
     ],
     "unslice": [
         (lambda a: gc.grad(gc.sum(a[:, 1:3] * a[:, 0:2]), a) * a, [(m, 4)], {}),
+    ],
+    "take": [  # fixed ids: CASES feed floats only (embeddings with fed ids: test_indexing.py)
+        (lambda a: gc.take(a, gc.const([[0, 3], [3, 1]])), [(5, m)], {}),
+        (lambda a: gc.take(a, gc.const([4, 0, 4]), axis=1) * 2, [(m, 5, 2)], {}),
+        (lambda a: a[gc.const(np.array(2))] + a[:, gc.const([1, 1])].sum(), [(3, m)], {}),
+    ],
+    "scatter_add": [
+        (lambda g: ix.scatter_add(g, gc.const([[1, 1], [0, 3]]), 4), [(2, 2, m)], {}),
+        (lambda g: ix.scatter_add(g, gc.const([2, 2, 2]), 3), [(3,)], {}),
+    ],
+    "cast": [  # exact casts only: every backend must match float64 references to 1e-10
+        (lambda a: gc.cast(a > 0.5, "float64") * a + gc.cast(gc.cast(a, "int64"), "float64"), [(m, 4)], {}),
     ],
     "matmul": [
         (lambda a, b: a @ b, [(m, 4), (4, 3)], {}),

@@ -70,3 +70,56 @@ def test_a_comparison_sympy_decides_is_still_boolean():
     assert never.dtype == "bool"
     feeds = {"x": np.arange(3.0)}
     assert np.array_equal(gc.compile(g)(feeds)["y"], g.evaluate(feeds)["y"])
+
+
+def test_where_between_booleans_is_boolean():
+    """gc.where(c, a, b) of bool a and b gave int64 (the choice was typed as arithmetic on 0/1)."""
+    with gc.Graph("bools") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        y = gc.where(x > 0, x > 1, x < -1)
+        g.output(y=y)
+    assert y.dtype == "bool"
+    feeds = {"x": np.array([[-2.0, 0.5, 2.0], [-0.5, 1.5, -1.5]])}
+    expected = np.where(feeds["x"] > 0, feeds["x"] > 1, feeds["x"] < -1)
+    for level in (0, 2):
+        assert np.array_equal(gc.compile(g, opt_level=level)(feeds)["y"], expected)
+
+
+def test_a_zero_dimensional_constant_stays_zero_dimensional():
+    """gc.const(np.float32(2)) had shape (1,): np.ascontiguousarray makes a 0-d array 1-d."""
+    with gc.Graph("scalar") as g:
+        x = gc.input("x", (3,), dtype="float64")
+        two = gc.const(np.float64(2.0))
+        g.output(y=x * two)
+    assert two.shape == ()
+    assert np.array_equal(gc.compile(g)({"x": np.ones(3)})["y"], np.full(3, 2.0))
+
+
+def test_a_constant_holding_inf_or_nan_is_written_into_a_module_that_runs():
+    """A constant with inf or NaN was written as ``np.array([inf, …])``: NameError: name 'inf' is not defined."""
+    with gc.Graph("inf") as g:
+        x = gc.input("x", (3,), dtype="float64")
+        g.output(y=gc.maximum(x, gc.const([-np.inf, 0.0, np.nan], dtype="float64")))
+    y = gc.compile(g)({"x": np.zeros(3)})["y"]
+    np.testing.assert_array_equal(y, [0.0, 0.0, np.nan])
+
+
+def test_the_evaluator_refuses_feeds_of_another_dtype_as_the_module_does():
+    """g.evaluate took an int8 feed for an int64 input (and cast it); the generated module refuses it."""
+    with gc.Graph("ids") as g:
+        ids = gc.input("ids", (m,), dtype="int64")
+        g.output(y=ids * 2)
+    with pytest.raises(gc.GraphError, match="expects int64, got int8"):
+        g.evaluate({"ids": np.arange(3, dtype=np.int8)})
+    with pytest.raises(ValueError, match="ids expects int64"):
+        gc.compile(g)({"ids": np.arange(3, dtype=np.int8)})
+
+
+def test_a_graph_gives_its_tensors_by_name():
+    with gc.Graph("named") as g:
+        x = gc.input("x", (m, 2))
+        W = gc.param("W", (2, 2))
+        g.output(y=x @ W)
+    assert g["x"].id == x.id and g["W"].id == W.id and g["y"].id == g.outputs["y"]
+    with pytest.raises(gc.GraphError, match="no input, param or output 'z'"):
+        g["z"]

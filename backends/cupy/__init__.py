@@ -42,8 +42,9 @@ class ModuleEmitter(emitter.ModuleEmitter):
         return f"cp.{ {'add': 'sum', 'maximum': 'max'}[ufunc]}({x}, axis={axis!r}{keep}, out={out})"
 
     @staticmethod
-    def take(src: str, index: str, out: str) -> str:
-        return f"cp.take({src}, {index}, out={out})"
+    def take(src: str, index: str, out: str, axis=None) -> str:
+        along = "" if axis is None else f", axis={axis}"
+        return f"cp.take({src}, {index}{along}, out={out})"
 
     @staticmethod
     def put(dst: str, index: str, values: str) -> str:

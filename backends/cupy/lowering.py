@@ -8,7 +8,9 @@ import sympy
 from graphc.backends.cupy.kernels import Fixed, kernel_for, kernel_label, update_kernel
 from graphc.backends.emitter import Lowerings
 from graphc.backends.numpy.lowering import LOWERINGS as NUMPY_LOWERINGS
-from graphc.ops.elementwise import Where, arg
+from graphc.core import shapes
+from graphc.ops.elementwise import Where, arg, scalar
+from graphc.ops.random import keep_scale
 
 LOWERINGS = Lowerings(NUMPY_LOWERINGS)
 
@@ -58,7 +60,6 @@ def _sum_ew(st):
 
 
 
-
 @LOWERINGS.register("pick")
 def _pick(st):
     """Each row's value at its label: the thread of the label's class writes it (no index arithmetic on the host)."""
@@ -83,3 +84,34 @@ def _softmax_xent_grad(st):
     dtypes = [st.input(0).dtype, st.input(1).dtype, "int64", "int64", *(st.input(3 + k).dtype
                                                                         for k in range(len(rest)))]
     st.line(f"{_launch(st, 'elementwise', expr, n.dtype, args, dtypes)}, {st.out})")
+
+
+@LOWERINGS.register("dropout_mask")
+def _dropout_mask(st):
+    """Uniform draws, then 1/(1 − p) where kept and 0 elsewhere, in place, in one kernel."""
+    n = st.node
+    st.line(f"{st.fn.module.generator(n)}.random(dtype={st.module.dtype(n.dtype)}, out={st.out})")
+    expr = Where(sympy.GreaterThan(arg(0), scalar(n.attr("p"))), scalar(keep_scale(n.attr("p"))), 0)
+    call = _launch(st, "elementwise", expr, n.dtype, [st.out], [n.dtype])
+    st.line(f"{call}, {st.out})  # kept with probability 1 - p")
+
+
+# take's gradient: each thread adds one element of g into its row of the table (rows hit twice add atomically)
+SCATTER = Fixed("{name} = cp.ElementwiseKernel(\n"
+                "    'T g, raw int64 ids, int64 width, int64 rows, int64 per', 'raw T out',\n"
+                "    'ptrdiff_t k = i / width; atomicAdd(&out[((k / per) * rows + ids[k]) * width + i % width], g);',\n"
+                "    '{name}')")
+
+
+@LOWERINGS.register("scatter_add")
+def _scatter_add(st):
+    """Zeros, then one atomic add per element of g: row ``ids[k]`` of table ``k / per`` (one table per example, or
+    ``per`` = every id: one table)."""
+    n = st.node
+    g, ids = st.args
+    ids_shape = st.input(1).shape
+    per = shapes.numel(ids_shape[1:] if n.attr("per_example") else ids_shape)
+    width = shapes.numel(n.shape[2 if n.attr("per_example") else 1:])
+    name = st.module.kernel(SCATTER, "_scatter_add")
+    st.line(f"{st.out}.fill(0)")
+    st.line(f"{name}({g}, {ids}, {st.value(width)}, {st.value(n.attr('size'))}, {st.value(per)}, {st.out})")

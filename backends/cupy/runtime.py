@@ -29,8 +29,7 @@ def _write_back(host, device):
 
 
 def _check_classes(outside, labels, classes, name):
-    """Raise ValueError where class ids fall outside 0 … classes − 1: ``outside`` counts them on the device."""
+    """Raise ValueError where ids fall outside 0 … classes − 1: ``outside`` counts them on the device."""
     if int(outside):
         low, high = int(labels.min()), int(labels.max())
-        raise ValueError(f"{name} holds the class id {low if low < 0 else high}, outside the classes "
-                         f"0..{classes - 1}")
+        raise ValueError(f"{name} holds the id {low if low < 0 else high}, outside 0..{classes - 1}")

@@ -31,9 +31,11 @@ class ModuleEmitter(emitter.ModuleEmitter):
         return f"np.{ufunc}.reduce({x}, axis={axis!r}{keep}, out={out})"
 
     @staticmethod
-    def take(src: str, index: str, out: str) -> str:
-        """The array's own ``take``: ``np.take`` wraps it in a call that allocates (~200 bytes) every time."""
-        return f"{src}.take({index}, out={out}, mode='clip')"
+    def take(src: str, index: str, out: str, axis=None) -> str:
+        """The array's own ``take``: ``np.take`` wraps it in a call that allocates (~200 bytes) every time; mode
+        'clip' writes straight into ``out`` (mode 'raise' buffers it)."""
+        along = "" if axis is None else f", axis={axis}"
+        return f"{src}.take({index}{along}, out={out}, mode='clip')"
 
     @staticmethod
     def put(dst: str, index: str, values: str) -> str:

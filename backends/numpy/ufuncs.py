@@ -276,6 +276,11 @@ class UfuncChain:
             return self._call("sqrt", (base,), out)
         if power == -1:
             return self._div_one(base, out)
+        if power in (3, 4):  # np.power calls pow() per element: products run about 50× faster
+            [b] = self._operands([base], out)
+            square = self.temp(self.out_dtype(out)) if b == out and power == 3 else out
+            self.emit("square", b, out=square)
+            return self.emit("multiply" if power == 3 else "square", square, *([b] if power == 3 else []), out=out)
         return self._call("power", (base, power), out)
 
     def _div_one(self, base, out: str) -> None:

@@ -105,13 +105,16 @@ def _compile_args(p) -> None:
 def _build_args(p) -> None:
     p.add_argument("-o", "--out", default="build", help="output directory (default: build)")
     p.add_argument("--force", action="store_true", help="overwrite files graphc did not generate")
+    p.add_argument("--predict", nargs="+", metavar="OUTPUT",
+                   help="outputs predict computes (default: those the loss's labels do not reach)")
     _compile_args(p)
 
 
 def _compile(g, args):
     loss = args.loss or ("loss" if "loss" in g.outputs and g.params else None)
     return compile_graph(g, backend=args.backend, opt_level=args.opt_level, loss=loss,
-                         optimizer=optimizer.from_args(args) if loss else None, disable=tuple(args.disable))
+                         optimizer=optimizer.from_args(args) if loss else None, disable=tuple(args.disable),
+                         predict=getattr(args, "predict", None))
 
 
 @command("build", _build_args)

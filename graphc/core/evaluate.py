@@ -9,6 +9,8 @@ from graphc.core.errors import GraphError
 from graphc.core.interpret import Interpreter
 from graphc.core.registry import OPS
 
+CALL = sympy.Symbol("_call")  # the call number random sources draw for, in the evaluator's env
+
 
 def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
     """Validate ``feeds`` against the declared inputs, params and state; returns (dim bindings, id -> array)."""
@@ -29,14 +31,13 @@ def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
             continue
         node = graph.nodes[nid]
         arr = np.asarray(feeds[name])
-        kind = np.dtype(node.dtype).kind
-        if arr.dtype != np.dtype(node.dtype) and not (kind in "iu" and arr.dtype.kind in "iu"):
+        if arr.dtype != np.dtype(node.dtype):  # as strict as the generated modules: no silent conversion
             raise GraphError(f"{node.op} {name!r} expects {node.dtype}, got {arr.dtype}")
         if not shapes.bind(node.shape, arr.shape, env):
             bound = ", ".join(f"{k}={v}" for k, v in env.items())
             raise GraphError(f"{node.op} {name!r} expects shape {shapes.fmt(node.shape)}, got {arr.shape}"
                              + (f" (with {bound})" if bound else ""))
-        values[nid] = arr.astype(node.dtype, copy=False)
+        values[nid] = arr
     empty = [str(d) for d, n in env.items() if n == 0]
     if empty:
         raise GraphError(f"graph {graph.name!r}: empty feeds ({', '.join(empty)} = 0); each dim needs a size of at "
@@ -44,7 +45,7 @@ def check_feeds(graph, feeds: dict, needed: set) -> tuple[dict, dict]:
     return env, values
 
 
-def evaluate(graph, feeds: dict, outputs=None) -> dict:
+def evaluate(graph, feeds: dict, outputs=None, call: int = 0) -> dict:
     names = list(graph.outputs) if outputs is None else list(outputs)
     if not names:
         raise GraphError(f"graph {graph.name!r} has no outputs: declare them with g.output(name=tensor)")
@@ -56,6 +57,7 @@ def evaluate(graph, feeds: dict, outputs=None) -> dict:
     env, values = check_feeds(graph, feeds, needed)
     env.update({sympy.Symbol(name, positive=True): value for name, value in graph.hypers.items()
                 if isinstance(value, (int, float))})  # a schedule's value needs a step: outputs never read it
+    env[CALL] = call
     values = Evaluator(graph, env).run([graph.outputs[n] for n in names], values)
     return {n: values[graph.outputs[n]] for n in names}
 
@@ -84,4 +86,4 @@ def check_classes(node, labels_node, labels, classes: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
         who = labels_node.name or labels_node.label
-        raise GraphError(f"{node.op}: {who} holds the class id {bad}, outside the classes 0..{classes - 1}")
+        raise GraphError(f"{node.op}: {who} holds the id {bad}, outside 0..{classes - 1}")

@@ -245,9 +245,10 @@ class Graph:
         if self.nx.number_of_nodes() != len(self.nodes):
             raise GraphError("the networkx mirror is out of step with the nodes")
 
-    def evaluate(self, feeds: dict, outputs=None) -> dict:
-        """Reference NumPy interpretation of the graph: the oracle for every backend."""
-        return evaluate(self, feeds, outputs)
+    def evaluate(self, feeds: dict, outputs=None, call: int = 0) -> dict:
+        """Reference NumPy interpretation of the graph: the oracle for every backend. Random sources draw what a
+        generated NumPy module draws at its call number ``call`` (0: a fresh module's first call)."""
+        return evaluate(self, feeds, outputs, call)
 
     def __repr__(self) -> str:
         return f"<graphc.Graph {self.name!r}: {len(self.nodes)} nodes, outputs {list(self.outputs)}>"
@@ -322,8 +323,8 @@ class Rebuild:
         new.inputs = {k: m[v] for k, v in old.inputs.items() if v in m}
         new.params = {k: m[v] for k, v in old.params.items() if v in m}
         new.state = {k: m[v] for k, v in old.state.items() if v in m}
-        new.outputs = {k: m[v] for k, v in old.outputs.items()}
-        new.updates = {k: m[v] for k, v in old.updates.items()}
+        new.outputs = {k: m[v] for k, v in old.outputs.items() if v in m}  # a run with keep= drops the others
+        new.updates = {k: m[v] for k, v in old.updates.items() if v in m}
         new.hypers, new.scalars, new.update_rule = dict(old.hypers), dict(old.scalars), old.update_rule
         for name, nid in new.outputs.items():
             if not OPS[new.nodes[nid].op].fed:

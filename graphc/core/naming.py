@@ -15,7 +15,8 @@ import re
 from graphc.core.registry import OPS
 
 RESERVED = {"np", "cp", "os", "math", "B", "i", "feeds", "params", "batch", "state", "step", "run", "train_step",
-            "init_params", "init_state", "save", "load", "out", "lr", "dims",
+            "init_params", "init_state", "save", "load", "out", "lr", "dims", "call", "predict", "itertools",
+            "threading",
             "value", "name", "names", "shape", "dtype", "expected", "extra", "missing", *dir(builtins)}
 
 

@@ -11,14 +11,15 @@ sit in each input (None: shared by all examples), raising GraphError where the o
 through a node computed from shared tensors only; ``example_grad(slot, g, *inputs, axes)`` gives the
 per-example gradient of a shared operand where the generic rule (the VJP summed over all but the batch axis)
 does not do, e.g. ``x @ W`` as outer products; ``class_ids(node, inputs) -> [(slot, classes)]`` names the
-integer inputs that are class ids and how many classes they index, so feeds out of range are caught;
+integer inputs that are ids (class ids, rows of a table) and how many there are, so feeds out of range are caught;
 ``describe(node, names) -> str`` is what a node computes in words (``names`` maps ids to names);
 ``requires(node, inputs) -> [condition]`` states what the symbolic dims must satisfy for the op to make sense
 (``x[-2:]`` needs ``m ≥ 2``), checked against the feeds by the evaluator and the generated modules.
 
 Traits (data): ``source`` (made from nothing: "input", "param", "state" (persists between training steps without
 being trained: running statistics, optimizer moments), "const" (an array baked in), "fill" (one value
-everywhere, e.g. ``1/m``) or "random"), ``view`` (shares its
+everywhere, e.g. ``1/m``) or "random"), ``inference`` (the value a random source takes in inference mode, as
+in ``predict``: a dropout mask is 1; None: it draws as in training), ``view`` (shares its
 input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (what an unnamed node is
 called in code, diagrams and ``graphc explain``: a stem, or a rule ``var(node, input nodes, names) -> stem``;
 see ``graphc.core.naming``), ``in_place`` (as the new value of a param or state, it is computed straight into that
@@ -55,6 +56,7 @@ class Op:
     example_grad: Callable | None = None
     class_ids: Callable | None = None
     requires: Callable | None = None
+    inference: float | None = None
 
     @property
     def fed(self) -> bool:

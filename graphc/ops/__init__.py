@@ -3,6 +3,6 @@
 installs Tensor's operators and methods, in one place. Importing this package registers every op.
 """
 from graphc.core.registry import OPS
-from graphc.ops import conv, elementwise, functions, linalg, methods, nn, reduce, shape  # noqa: F401 - registration
+from graphc.ops import conv, elementwise, functions, indexing, linalg, methods, nn, random, reduce, shape  # noqa: F401 - registration
 
 __all__ = ["OPS"]

@@ -96,9 +96,19 @@ register(Fn(Where, "where", np.where, numpy=("where",), c="({0} ? {1} : {2})", i
 
 
 # -- the ew op ----------------------------------------------------------------------------------------
-def result_dtype(expr, dtypes) -> str:
+def boolean(expr, dtypes) -> bool:
+    """Whether ``expr`` is true or false: a comparison (also one sympy decided already: x > x is False), a bool
+    input, or a choice between such values."""
     if isinstance(expr, (Relational, sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom)):
-        return "bool"  # a comparison, also one sympy decided already (x > x is False)
+        return True
+    if arg_index(expr) is not None:
+        return dtypes[arg_index(expr)] == "bool"
+    return isinstance(expr, Where) and boolean(expr.args[1], dtypes) and boolean(expr.args[2], dtypes)
+
+
+def result_dtype(expr, dtypes) -> str:
+    if boolean(expr, dtypes):
+        return "bool"
     numeric = [d for d in dtypes if d != "bool"] or list(dtypes)
     dtype = promote(*numeric) if numeric else "float32"
     if is_float(dtype):
@@ -370,3 +380,31 @@ def interpret(expr, values: dict):
 
 COMPARE = {sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
            sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal, sympy.Eq: np.equal, sympy.Ne: np.not_equal}
+
+
+# -- cast: a dtype conversion, its own op (an expression's dtype follows its inputs) -------------------------------
+def _cast_infer(nodes, attrs):
+    (x,) = nodes
+    if attrs["dtype"] not in DTYPES:
+        raise fail("cast", f"unsupported dtype {attrs['dtype']!r} (float32, float64, int64 or bool)", x)
+    return x.shape, attrs["dtype"]
+
+
+def _cast_vjp(out, g, x, dtype):
+    return [cast(g, x.dtype) if is_float(x.dtype) else None]  # float to float: the gradient cast back
+
+
+defop("cast", infer=_cast_infer, vjp=_cast_vjp, var=lambda node, ins, names: f"{names[node.inputs[0]]}_{node.dtype}",
+      impl=lambda node, env, x: x.astype(node.dtype),
+      batch_axis=lambda node, ins, axes: axes[0],
+      shared_grad=lambda out, P, ins, batch, dtype: [cast(P, ins[0].dtype) if is_float(ins[0].dtype) else None],
+      describe=lambda node, names: f"{names[node.inputs[0]]} as {node.dtype}")
+
+
+def cast(x: Tensor, dtype: str) -> Tensor:
+    """``x`` converted to ``dtype``, as NumPy's ``astype``: an explicit conversion, so none is refused. float64→float32
+    rounds, float→int64 truncates toward zero (NaN, inf and values beyond int64 are undefined, as in NumPy),
+    anything→bool is ``x != 0``. The gradient flows between float dtypes (cast back), not through integers."""
+    if not isinstance(x, Tensor):
+        raise GraphError(f"cast: needs a tensor, not {type(x).__name__}")
+    return x if x.dtype == dtype else apply("cast", [x], dtype=dtype)

@@ -8,7 +8,7 @@ from graphc.core.dtypes import is_float, promote
 from graphc.core.errors import GraphError
 from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply
-from graphc.ops.batching import Term, by_vjp, keep_batch, mixes
+from graphc.ops.batching import Term, keep_batch, mixes
 from graphc.ops.elementwise import arg, ew
 from graphc.ops.shape import reshape, swap_last
 
@@ -34,7 +34,16 @@ def _matmul_infer(nodes, attrs):
 
 
 def _matmul_vjp(out, g, a, b):
-    # work on ≥2-d views (a 1-d a is a row, a 1-d b a column); the driver sums broadcast batch dims away
+    da, db = _batched_vjp(out, g, a, b)
+    if a.ndim > 2 and b.ndim == 2:  # rows of a batch times one matrix: one GEMM over all rows, not one per entry
+        rows = shapes.numel(a.shape[:-1])
+        db = matmul(swap_last(reshape(a, (rows, a.shape[-1]))), reshape(g, (rows, g.shape[-1])))
+    return [da, db]
+
+
+def _batched_vjp(out, g, a, b):
+    """The VJP with every batch entry's product kept apart (the driver sums the broadcast batch dims away)."""
+    # work on ≥2-d views (a 1-d a is a row, a 1-d b a column)
     a2 = a if a.ndim > 1 else reshape(a, (1, a.shape[0]))
     b2 = b if b.ndim > 1 else reshape(b, (b.shape[0], 1))
     g_shape = list(out.shape)
@@ -91,7 +100,8 @@ def _example_grad(node, slot, g, ins, axes, batch):
             G = ew(arg(0) * arg(1), [reshape(b, (*b.shape[:-2], 1, *b.shape[-2:])),
                                      reshape(g, (*g.shape[:-1], 1, g.shape[-1]))])
         return Term(full=keep_batch(G, G.ndim - 1, shared.shape, batch))
-    return by_vjp(node, slot, g, ins, axes, batch)
+    G = _batched_vjp(Tensor(g.graph, node.id), g, a, b)[slot]  # by_vjp's rule, before the batch entries are summed
+    return Term(full=keep_batch(G, axes[node.id], shared.shape, batch, aligned=True))
 
 
 def _shared_grad(out, P, ins, batch):

@@ -11,8 +11,8 @@ from graphc.core.errors import GraphError
 from graphc.core.registry import check_axes, defop, fail
 from graphc.dsl import Tensor, apply
 from graphc.ops.batching import mixes
-from graphc.ops.elementwise import arg, ew, interpret
-from graphc.ops.reduce import reduce_sum
+from graphc.ops.elementwise import arg, ew, interpret, scalar
+from graphc.ops.reduce import mean, reduce_sum, var
 from graphc.ops.shape import one_hot, reshape, transpose
 
 
@@ -196,3 +196,16 @@ def _pick_batch_axis(node, ins, axes):
 defop("pick", infer=_pick_infer, impl=_pick_impl, class_ids=lambda node, ins: [(1, ins[0].shape[-1])],
       batch_axis=_pick_batch_axis,
       describe=lambda node, names: f"{names[node.inputs[0]]}[{names[node.inputs[1]]}]")
+
+
+# -- layer normalization: a composite ----------------------------------------------------------------------------
+def layer_norm(x: Tensor, gamma=None, beta=None, axis=-1, eps: float = 1e-5) -> Tensor:
+    """``(x − mean) / sqrt(var + eps) · gamma + beta`` over ``axis`` (an int or a tuple; the variance with
+    ``ddof=0``, as PyTorch's ``layer_norm``); ``gamma`` and ``beta`` broadcast against ``x``, None leaves them out."""
+    axes = check_axes("layer_norm", axis, x.node)
+    centered = ew(arg(0) - arg(1), [x, mean(x, axes, keepdims=True)], "layer_norm")
+    inv = ew(1 / sympy.sqrt(arg(0) + scalar(eps)), [var(x, axes, keepdims=True)], "layer_norm")
+    out = ew(arg(0) * arg(1), [centered, inv], "layer_norm")
+    if gamma is not None:
+        out = ew(arg(0) * arg(1), [out, gamma], "layer_norm")
+    return out if beta is None else ew(arg(0) + arg(1), [out, beta], "layer_norm")

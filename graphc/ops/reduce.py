@@ -130,3 +130,23 @@ def _describe_sum_ew(node, names) -> str:
 
 defop("sum_ew", infer=_sum_ew_infer, impl=_sum_ew_impl, describe=_describe_sum_ew,
       var=over("sum", lambda node, ins: node.attr("ew_shape")))
+
+
+# -- composites ---------------------------------------------------------------------------------------------------
+def reduce_min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Minimum over ``axis`` (None: all axes; an int; a tuple): ``-max(-x)``; the gradient is split between ties."""
+    return ew(-arg(0), [reduce_max(ew(-arg(0), [x], "min"), axis, keepdims)], "min")
+
+
+def var(x: Tensor, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Variance over ``axis``: ``Σ(x − mean)² / (N − ddof)``. ``ddof=0`` (the default) is NumPy's population
+    variance; PyTorch's ``var`` defaults to the unbiased ``ddof=1``."""
+    axes = check_axes("var", axis, x.node)
+    count = shapes.numel([x.shape[a] for a in axes])
+    centered = ew(arg(0) - arg(1), [x, mean(x, axes, keepdims=True)], "var")
+    return ew(arg(0) / (count - ddof), [reduce_sum(ew(arg(0) ** 2, [centered]), axes, keepdims)], "var")
+
+
+def std(x: Tensor, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Standard deviation over ``axis``: ``sqrt(var(x, axis, keepdims, ddof))`` (NumPy's ``ddof=0`` by default)."""
+    return ew(sympy.sqrt(arg(0)), [var(x, axis, keepdims, ddof)], "std")

@@ -1,4 +1,4 @@
-"""Sources and shape ops: input/param/state/const/fill/random_normal, reshape, transpose, broadcast_to, concat,
+"""Sources and shape ops: input/param/state/const/fill, reshape, transpose, broadcast_to, concat,
 slicing and its gradient, one_hot."""
 from __future__ import annotations
 
@@ -48,25 +48,6 @@ defop("const", infer=_source_infer, impl=_const_impl, source="const", describe=_
 defop("fill", infer=_source_infer, impl=_fill_impl, source="fill",
       var=lambda node, ins, names: {0: "zeros", 1: "ones"}.get(node.attr("value"), "full"),
       describe=lambda node, names: f"fill {value(node.attr('value'))}")
-
-
-# Standard normal draws, fresh at each call of generated code (its generator lives in the module); the
-# reference evaluator gives the first draw of the same stream, ``default_rng([seed, stream])``.
-def _random_normal_impl(node, env):
-    rng = np.random.default_rng([node.attr("seed"), node.attr("stream")])
-    return rng.standard_normal(shapes.evaluate(node.shape, env)).astype(node.dtype)
-
-
-defop("random_normal", infer=_source_infer, impl=_random_normal_impl, source="random", var="noise",
-      describe=lambda node, names: f"random_normal(seed={node.attr('seed')}, stream={node.attr('stream')})")
-
-
-def random_normal(graph, shape, dtype: str, seed: int, stream: int) -> Tensor:
-    """Gaussian noise N(0, 1) of ``shape``; ``stream`` keeps draws of one seed apart (e.g. one per param)."""
-    if not is_float(dtype):
-        raise GraphError(f"random_normal: dtype must be float32 or float64, not {dtype}")
-    attrs = {"seed": int(seed), "stream": int(stream)}
-    return Tensor(graph, graph.add("random_normal", (), attrs, shapes.as_shape(shape), dtype))
 
 
 # -- reshape ------------------------------------------------------------------------------------------
@@ -232,7 +213,11 @@ def concat(tensors, axis: int = 0) -> Tensor:
 
 
 # -- slicing ------------------------------------------------------------------------------------------
+# An index is (start, stop, step) per axis; with a negative step, stop -1 stands for "past index 0" (None in
+# Python's own spelling, since -1 there means the last element).
 def _length(start, stop, step):
+    if step < 0:
+        return sympy.floor((start - stop - step - 1) / -step)
     return sympy.floor((stop - start + step - 1) / step) if step != 1 else stop - start
 
 
@@ -241,15 +226,22 @@ def _slice_infer(nodes, attrs):
     out = []
     for (start, stop, step), d in zip(attrs["index"], x.shape):
         n = sympy.simplify(_length(start, stop, step))
-        if n.is_negative or (n.is_number and n < 0) or (sympy.simplify(d - stop).is_negative):
+        last = start if step < 0 else stop - 1
+        if n.is_negative or (n.is_number and n < 0) or sympy.simplify(d - 1 - last).is_negative:
             raise fail("slice", f"slice {start}:{stop}:{step} is out of bounds for a dim of size {d}", x)
         out.append(n)
     return tuple(out), x.dtype
 
 
+def _stop(stop, step):
+    """``stop`` as Python slicing reads it: None for "past index 0" of a negative step."""
+    return None if step < 0 and stop == -1 else stop
+
+
 def _np_index(index, env):
-    return tuple(slice(int(sympy.sympify(a).subs(env)), int(sympy.sympify(b).subs(env)), int(c))
-                 for a, b, c in index)
+    def ints(v):
+        return None if v is None else int(sympy.sympify(v).subs(env))
+    return tuple(slice(ints(a), ints(_stop(b, c)), int(c)) for a, b, c in index)
 
 
 def _unslice_impl(node, env, g):
@@ -258,13 +250,19 @@ def _unslice_impl(node, env, g):
     return out
 
 
-def index_text(index) -> str:
-    """``[1:3, ::2]``: a slice index as Python writes it."""
+def slice_text(index, text) -> str:
+    """``1:3, ::2, ::-1``: a slice index as Python writes it, each bound written by ``text``."""
     parts = []
     for start, stop, step in index:
-        part = f"{value(start) if start != 0 else ''}:{value(stop)}"
+        stop = _stop(stop, step)
+        part = f"{text(start) if start != 0 else ''}:{'' if stop is None else text(stop)}"
         parts.append(part + (f":{step}" if step != 1 else ""))
-    return f"[{', '.join(parts)}]"
+    return ", ".join(parts)
+
+
+def index_text(index) -> str:
+    """``[1:3, ::2]``: a slice index as Python writes it."""
+    return f"[{slice_text(index, value)}]"
 
 
 def _slice_batch_axis(node, ins, axes):
@@ -284,10 +282,15 @@ def _unslice_batch_axis(node, ins, axes):
 
 
 def _slice_requires(node, ins):
-    """Each bound inside its dim: ``x[-2:]`` on ``(m, 3)`` reads rows ``m − 2 … m − 1``, so it needs ``m ≥ 2``."""
+    """Each bound inside its dim: ``x[-2:]`` on ``(m, 3)`` reads rows ``m − 2 … m − 1``, so it needs ``m ≥ 2``.
+    A reversed slice runs from ``start ≤ d − 1`` down to ``stop ≥ −1`` (−1: through row 0)."""
     conditions = []
-    for (start, stop, _), d in zip(node.attr("index"), ins[0].shape):
-        conditions += [sympy.sympify(start) >= 0, sympy.sympify(stop) <= d, sympy.sympify(start) <= stop]
+    for (start, stop, step), d in zip(node.attr("index"), ins[0].shape):
+        start, stop = sympy.sympify(start), sympy.sympify(stop)
+        if step > 0:
+            conditions += [start >= 0, stop <= d, start <= stop]
+        else:
+            conditions += [stop >= -1, start <= d - 1, stop <= start]
     return [c for c in conditions if c is not sympy.true]
 
 
@@ -303,7 +306,9 @@ defop("unslice", infer=lambda nodes, attrs: (attrs["shape"], nodes[0].dtype), im
                                    f"{names[node.inputs[0]]}")
 
 
-def _bound(value, d, default):
+def _bound(value, d, default, step=1):
+    """A slice bound as a non-negative position (Python's rules: negative counts from the end, then clipped);
+    -1 is "past index 0" for a negative step."""
     if value is None:
         return sympy.sympify(default)
     if isinstance(value, sympy.Expr):
@@ -311,42 +316,56 @@ def _bound(value, d, default):
     value = int(value)
     if value < 0:
         value = d + value
+        if value.is_number and value < 0:
+            value = sympy.Integer(-1 if step < 0 else 0)
     elif d.is_number:
-        value = min(value, int(d))
+        value = min(value, int(d) - (step < 0))
     return sympy.sympify(value)
 
 
+def _axis_index(axis, k, d, x):
+    """(start, stop, step) of one axis for an int or a slice ``k``."""
+    if isinstance(k, (int, np.integer)):
+        k = int(k)
+        if d.is_number and not -int(d) <= k < int(d):
+            raise fail("slice", f"index {k} is out of bounds for axis {axis} of size {d}", x.node)
+        start = _bound(k, d, 0)
+        return start, start + 1, 1
+    if isinstance(k, slice):
+        step = 1 if k.step is None else int(k.step)
+        if step == 0:
+            raise fail("slice", f"step 0 on axis {axis}", x.node)
+        if step < 0:
+            return _bound(k.start, d, d - 1, step), _bound(k.stop, d, -1, step), step
+        return _bound(k.start, d, 0), _bound(k.stop, d, d), step
+    raise fail("slice", f"unsupported index {k!r} on axis {axis}", x.node)
+
+
 def getitem(x: Tensor, key) -> Tensor:
-    """Basic indexing on any axis: ints, slices with positive steps, ``...``."""
+    """Basic indexing on any axis: ints, slices (negative steps too), ``...``, ``None`` (a new axis of size 1)."""
     key = key if isinstance(key, tuple) else (key,)
-    if any(k is Ellipsis for k in key):
-        i = key.index(Ellipsis)
-        key = key[:i] + (slice(None),) * (x.ndim - len(key) + 1) + key[i + 1:]
-    if len(key) > x.ndim:
-        raise fail("slice", f"too many indices ({len(key)}) for a {x.ndim}-d tensor", x.node)
-    key = key + (slice(None),) * (x.ndim - len(key))
-    index, drop = [], []
-    for axis, (k, d) in enumerate(zip(key, x.shape)):
-        if isinstance(k, (int, np.integer)):
-            k = int(k)
-            if d.is_number and not -int(d) <= k < int(d):
-                raise fail("slice", f"index {k} is out of bounds for axis {axis} of size {d}", x.node)
-            start = _bound(k, d, 0)
-            index.append((start, start + 1, 1))
-            drop.append(axis)
-        elif isinstance(k, slice):
-            step = 1 if k.step is None else int(k.step)
-            if step <= 0:
-                raise fail("slice", f"step {step} on axis {axis}: only positive steps are supported", x.node)
-            index.append((_bound(k.start, d, 0), _bound(k.stop, d, d), step))
-        else:
-            raise fail("slice", f"unsupported index {k!r} on axis {axis}", x.node)
+    count = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if count > x.ndim:
+        raise fail("slice", f"too many indices ({count}) for a {x.ndim}-d tensor", x.node)
+    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]
+    if len(ellipses) > 1:
+        raise fail("slice", "an index can only have a single ellipsis ('...')", x.node)
+    at = ellipses[0] if ellipses else len(key)
+    key = key[:at] + (slice(None),) * (x.ndim - count) + key[at + 1:]
+    index, kept, axis = [], [], 0  # kept: per result axis, the sliced axis it comes from, or None (new)
+    for k in key:
+        if k is None:
+            kept.append(None)
+            continue
+        index.append(_axis_index(axis, k, x.shape[axis], x))
+        if isinstance(k, slice):
+            kept.append(axis)
+        axis += 1
     out = x
     if any((a != 0 or b != d or c != 1) for (a, b, c), d in zip(index, x.shape)):
         out = apply("slice", [x], index=tuple(index))
-    if drop:
-        out = reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
-    return out
+    shape = tuple(1 if a is None else out.shape[a] for a in kept)
+    return out if shape == tuple(out.shape) else reshape(out, shape)
 
 
 # -- one_hot ------------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from graphc.ops.batching import WHO, Term, same_dim
 from graphc.ops.elementwise import add_all, arg, ew, scalar
 from graphc.ops.functions import Maximum
 from graphc.ops.linalg import matmul
+from graphc.ops.random import noise as random_noise
 from graphc.ops.reduce import reduce_sum
-from graphc.ops.shape import random_normal, reshape, swap_last
+from graphc.ops.shape import reshape, swap_last
 from graphc.transforms.autodiff import grad
 
 
@@ -322,7 +323,7 @@ def dp_sgd_gradients(loss: Tensor, params: list[Tensor], clip: float, noise: flo
     xi = None
     if noise:
         with loss.graph.in_phase("backward"):
-            xi = [random_normal(loss.graph, p.shape, p.dtype, seed, k) for k, p in enumerate(params)]
+            xi = [random_noise(loss.graph, p.shape, p.dtype, seed) for p in params]
         for x, p in zip(xi, params):
             if p.name:
                 x.named(f"noise_{p.name}")
