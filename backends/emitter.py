@@ -538,9 +538,9 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
-        self._dims_function(w, "_dims", self.graph.inputs)
+        self._dims_function(w, "_dims", self.graph.inputs, self.requirements(self.graph, self.train_graph))
         if self._predict_binds_apart():
-            self._dims_function(w, "_predict_dims", self.predict_graph.inputs)
+            self._dims_function(w, "_predict_dims", self.predict_graph.inputs, self.requirements(self.predict_graph))
         with w.block("def _check(feeds, names, dims=None, bind=_dims):"):
             w.line('"""Check feeds against the declared shapes and dtypes; returns the dims in DIMS order (bind reads '
                    'them)."""')
@@ -551,18 +551,6 @@ class ModuleEmitter:
                     w.line("_explain(feeds, names)")
             with w.block("if dims is None:"):
                 w.line("dims = bind(feeds)")
-                if self.dims:
-                    with w.block("if 0 in dims:"):
-                        w.line('raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at '
-                               'least 1")')
-                printer = self.printer(self.dim_vars)
-                requirements = self.requirements()
-                if requirements:
-                    w.line(f"{''.join(var + ', ' for var in self.dim_vars.values())}= dims")
-                for condition, what in requirements:
-                    test = f"{printer.doprint(condition.lhs)} {condition.rel_op} {printer.doprint(condition.rhs)}"
-                    with w.block(f"if not ({test}):"):
-                        w.line(f'raise ValueError(f"{what} needs {condition}, got {{dict(zip(DIMS, dims))}}")')
             with w.block("for name in names:"):
                 w.line("value = feeds[name]")
                 w.line("shape, dtype = _SPEC[name]")
@@ -589,10 +577,11 @@ class ModuleEmitter:
         w.line("}")
         w.line(f"_ANY_DIMS = {tuple(1 for _ in self.dims)!r}  # params and state have no symbolic dims")
 
-    def requirements(self) -> list:
-        """(condition on the dims, what needs it) of every op of the module, each once: ``m - 2 >= 0``."""
+    @staticmethod
+    def requirements(*graphs) -> list:
+        """(condition on the dims, what needs it) of every op of ``graphs``, each once: ``m - 2 >= 0``."""
         found = {}
-        for graph in (self.graph, self.train_graph):
+        for graph in graphs:
             for node in (graph.nodes.values() if graph is not None else ()):
                 rule = OPS[node.op].requires
                 for condition in rule(node, [graph.nodes[i] for i in node.inputs]) if rule else ():
@@ -600,21 +589,35 @@ class ModuleEmitter:
         return sorted(found.items(), key=lambda item: str(item[0]))
 
     def _predict_binds_apart(self) -> bool:
-        """Whether predict reads a dim off other inputs than run does (run's came from the labels)."""
-        if self.predict_graph is None or not self.predict_graph.outputs:
+        """Whether predict reads a dim off other inputs than run does (run's came from the labels), or its ops need
+        other sizes (batch statistics need two rows; the running ones predict reads do not)."""
+        p = self.predict_graph
+        if p is None or not p.outputs:
             return False
-        return self._bindings(self.predict_graph.inputs) != self._bindings(self.graph.inputs)
+        return (self._bindings(p.inputs) != self._bindings(self.graph.inputs)
+                or self.requirements(p) != self.requirements(self.graph, self.train_graph))
 
     def _bindings(self, inputs: dict) -> list[str]:
         """How each dim is read off feeds of ``inputs`` (a dim none of them has is 1: nothing computed uses it)."""
         return [self._binding(d, inputs) or "1" for d in self.dims]
 
-    def _dims_function(self, w: CodeWriter, fname: str, inputs: dict) -> None:
+    def _dims_function(self, w: CodeWriter, fname: str, inputs: dict, requirements: list) -> None:
+        dims = f"({''.join(var + ', ' for var in self.dim_vars.values())})"
         with w.block(f"def {fname}(feeds):"):
-            w.line('"""The symbolic dims, in DIMS order, read off the feeds."""')
+            w.line('"""The symbolic dims, in DIMS order, read off the feeds and checked against the sizes the ops '
+                   'need."""')
             for var, text in zip(self.dim_vars.values(), self._bindings(inputs)):
                 w.line(f"{var} = {text}")
-            w.line(f"return ({''.join(var + ', ' for var in self.dim_vars.values())})")
+            if self.dims:
+                with w.block(f"if 0 in {dims}:"):
+                    w.line(f'raise ValueError(f"empty feeds: {{dict(zip(DIMS, {dims}))}}; each dim needs a size of '
+                           'at least 1")')
+            printer = self.printer(self.dim_vars)
+            for condition, what in requirements:
+                test = f"{printer.doprint(condition.lhs)} {condition.rel_op} {printer.doprint(condition.rhs)}"
+                with w.block(f"if not ({test}):"):
+                    w.line(f'raise ValueError(f"{what} needs {condition}, got {{dict(zip(DIMS, {dims}))}}")')
+            w.line(f"return {dims}")
         w.line("")
         w.line("")
 

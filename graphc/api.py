@@ -13,7 +13,7 @@ from graphc.ops.functions import *  # noqa: F403 - the elementwise functions, as
 from graphc.ops.functions import abs_ as abs
 from graphc.ops.indexing import take
 from graphc.ops.linalg import matmul
-from graphc.ops.nn import layer_norm, log_softmax, softmax, softmax_cross_entropy
+from graphc.ops.nn import batch_norm, layer_norm, log_softmax, softmax, softmax_cross_entropy
 from graphc.ops.random import dropout, random_normal, random_uniform
 from graphc.ops.reduce import logsumexp, mean, std, var
 from graphc.ops.reduce import reduce_max as max
@@ -31,7 +31,7 @@ __all__ = [
     "init_params", "init_state", "grad", "load_module", "render", "SGD", "Adam", "AdamW", "schedules",
     "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
     "sum", "mean", "max", "min", "var", "std", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape",
-    "transpose", "take", "cast", "softmax", "log_softmax", "softmax_cross_entropy", "layer_norm", "conv2d",
-    "max_pool2d", "avg_pool2d", "flatten", "dropout", "random_normal", "random_uniform",
+    "transpose", "take", "cast", "softmax", "log_softmax", "softmax_cross_entropy", "layer_norm", "batch_norm",
+    "conv2d", "max_pool2d", "avg_pool2d", "flatten", "dropout", "random_normal", "random_uniform",
     "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]

@@ -12,10 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py",
-                 "from_onnx.py"}
+                 "from_onnx.py", "cnn_batchnorm.py"}
 STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
               "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
-              "per_example_grads.py", "from_onnx.py", "transformer_tiny.py"]
+              "per_example_grads.py", "from_onnx.py", "transformer_tiny.py",
+              "cnn_batchnorm.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -52,6 +53,9 @@ def test_example_runs(name, tmp_path):
     if name == "cnn_digits.py":
         assert accuracy(proc.stdout) >= 0.98
         assert (tmp_path / "cnn_digits_numpy.py").is_file()
+    if name == "cnn_batchnorm.py":  # from predict: running statistics, no dropout
+        assert accuracy(proc.stdout) >= 0.98
+        assert (tmp_path / "cnn_batchnorm_numpy.py").is_file()
     if name == "linear_regression.py":
         assert "max |dL/dy - (y - t)| = 0.0" in proc.stdout
         assert "equals W - lr*dW: True" in proc.stdout

@@ -352,6 +352,11 @@ def _reshape(st):
     return f"{st.args[0]}.reshape({st.dims(st.node.shape)})"
 
 
+@LOWERINGS.register("in_training")
+def _in_training(st):
+    return st.args[0]  # run and train_step are training mode; predict's graph holds the inference value instead
+
+
 @LOWERINGS.register("transpose")
 def _transpose(st):
     return f"{st.args[0]}.transpose({st.node.attr('perm')!r})"

@@ -19,7 +19,8 @@ integer inputs that are ids (class ids, rows of a table) and how many there are,
 Traits (data): ``source`` (made from nothing: "input", "param", "state" (persists between training steps without
 being trained: running statistics, optimizer moments), "const" (an array baked in), "fill" (one value
 everywhere, e.g. ``1/m``) or "random"), ``inference`` (the value a random source takes in inference mode, as
-in ``predict``: a dropout mask is 1; None: it draws as in training), ``view`` (shares its
+in ``predict``: a dropout mask is 1; None: it draws as in training), ``inference_input`` (the input whose value a node
+takes in inference mode: batch statistics give way to running ones), ``view`` (shares its
 input's memory), ``linear`` (commutes with scalar factors: ``c·op(x) = op(c·x)``), ``var`` (what an unnamed node is
 called in code, diagrams and ``graphc explain``: a stem, or a rule ``var(node, input nodes, names) -> stem``;
 see ``graphc.core.naming``), ``in_place`` (as the new value of a param or state, it is computed straight into that
@@ -57,6 +58,7 @@ class Op:
     class_ids: Callable | None = None
     requires: Callable | None = None
     inference: float | None = None
+    inference_input: int | None = None
 
     @property
     def fed(self) -> bool:

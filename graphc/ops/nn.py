@@ -9,7 +9,8 @@ from graphc.core.describe import expression
 from graphc.core.dtypes import is_float
 from graphc.core.errors import GraphError
 from graphc.core.registry import check_axes, defop, fail
-from graphc.dsl import Tensor, apply
+from graphc.core.naming import after_input
+from graphc.dsl import Tensor, apply, assign
 from graphc.ops.batching import mixes
 from graphc.ops.elementwise import arg, ew, interpret, scalar
 from graphc.ops.reduce import mean, reduce_sum, var
@@ -209,3 +210,84 @@ def layer_norm(x: Tensor, gamma=None, beta=None, axis=-1, eps: float = 1e-5) -> 
     if gamma is not None:
         out = ew(arg(0) * arg(1), [out, gamma], "layer_norm")
     return out if beta is None else ew(arg(0) + arg(1), [out, beta], "layer_norm")
+
+
+# -- batch normalization: a composite, with the statistics of its mode ------------------------------------------
+def _in_training_infer(nodes, attrs):
+    a, b = nodes
+    if not shapes.same(a.shape, b.shape) or a.dtype != b.dtype:
+        raise fail("in_training", "the training and the inference value need one shape and dtype", a, b)
+    return a.shape, a.dtype
+
+
+def _in_training_batch_axis(node, ins, axes):
+    if axes[1] is not None:
+        raise mixes(node, ins, "reads batched values in inference mode")
+    return axes[0]
+
+
+def _in_training_requires(node, ins):
+    """A batch statistic of ``count`` values needs two: the running variance divides by count − 1 (PyTorch, too,
+    refuses one value per channel in training)."""
+    condition = sympy.sympify(node.attr("count")) >= 2
+    return [] if condition is sympy.true else [condition]
+
+
+# The training-mode value (a batch statistic), or in inference mode (predict) the other input (the running one);
+# the gradient flows to the training value, as only training mode is differentiated.
+defop("in_training", infer=_in_training_infer, impl=lambda node, env, a, b: a, view=True, inference_input=1,
+      vjp=lambda out, g, a, b, count: [g, None], requires=_in_training_requires,
+      batch_axis=_in_training_batch_axis, var=after_input("_used"),
+      describe=lambda node, names: f"{names[node.inputs[0]]} in training, {names[node.inputs[1]]} in inference")
+
+
+def _channel_operand(what: str, t, x: Tensor, channels, dtype: bool = False) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor) or t.graph is not x.graph:
+        raise GraphError(f"batch_norm: {what} must be a tensor of graph {x.graph.name!r}, not {type(t).__name__}")
+    if not shapes.same(t.shape, (channels,)) or (dtype and t.dtype != x.dtype):
+        need = f"{shapes.fmt((channels,))}" + (f" {x.dtype}" if dtype else "")
+        raise fail("batch_norm", f"{what} must have shape {need}: one value per channel of axis 1", x.node, t.node)
+
+
+def batch_norm(x: Tensor, gamma=None, beta=None, running_mean=None, running_var=None, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Batch normalization over axis 1 of ``x`` ((m, C), (m, C, H, W) or any rank ≥ 2), as PyTorch's
+    ``batch_norm`` in training mode: each channel normalized by the mean and the variance (``ddof=0``) of its values
+    over the batch and the other axes, times ``gamma``, plus ``beta`` (shape (C,); None leaves them out).
+
+    With ``running_mean`` and ``running_var`` (``gc.state`` tensors of shape (C,)) the training step updates them
+    as PyTorch does, ``(1 − momentum)·running + momentum·batch`` with the unbiased batch variance, and inference
+    mode (``predict``) normalizes by them instead of the batch's. ``run`` and ``train_step`` use batch statistics.
+    """
+    if not isinstance(x, Tensor) or x.ndim < 2 or not is_float(x.dtype):
+        raise GraphError("batch_norm: x must be a float tensor of rank ≥ 2 with channels on axis 1, not "
+                         + (x.node.label if isinstance(x, Tensor) else type(x).__name__))
+    if not 0 <= momentum <= 1 or not eps > 0:
+        raise fail("batch_norm", f"needs 0 ≤ momentum ≤ 1 and eps > 0, not momentum={momentum}, eps={eps}", x.node)
+    if (running_mean is None) != (running_var is None):
+        raise fail("batch_norm", "running_mean and running_var come together (or neither)", x.node)
+    channels, axes = x.shape[1], (0, *range(2, x.ndim))
+    for what, t in (("gamma", gamma), ("beta", beta)):
+        _channel_operand(what, t, x, channels)
+    for what, t in (("running_mean", running_mean), ("running_var", running_var)):
+        _channel_operand(what, t, x, channels, dtype=True)
+        if t is not None and t.node.op != "state":
+            raise fail("batch_norm", f"{what} must be a gc.state tensor (it is updated by the training step)",
+                       t.node)
+    stat = (1, channels, *[1] * (x.ndim - 2))  # a statistic, lined up with x
+    mu, sigma2 = mean(x, axes, keepdims=True), var(x, axes, keepdims=True)
+    if running_mean is not None:
+        count = shapes.numel([x.shape[a] for a in axes])
+        keep, take = scalar(1 - momentum), scalar(momentum)
+        assign(running_mean, ew(keep * arg(0) + take * arg(1), [running_mean, reshape(mu, (channels,))],
+                                "batch_norm"))
+        assign(running_var, ew(keep * arg(0) + take * arg(1) * count / (count - 1),
+                               [running_var, reshape(sigma2, (channels,))], "batch_norm"))
+        mu = apply("in_training", [mu, reshape(running_mean, stat)], count=count)
+        sigma2 = apply("in_training", [sigma2, reshape(running_var, stat)], count=count)
+    out = ew((arg(0) - arg(1)) / sympy.sqrt(arg(2) + scalar(eps)), [x, mu, sigma2], "batch_norm")
+    if gamma is not None:
+        out = ew(arg(0) * arg(1), [out, reshape(gamma, stat)], "batch_norm")
+    return out if beta is None else ew(arg(0) + arg(1), [out, reshape(beta, stat)], "batch_norm")

@@ -1,5 +1,6 @@
 """Inference mode: what ``predict`` computes. The outputs that need no labels, and only their ancestors (no
-gradients), with every random source that has an inference value (a dropout mask: 1) fixed to it."""
+gradients), with every random source that has an inference value (a dropout mask: 1) fixed to it, and every
+node with an inference input (batch statistics) replaced by it (the running statistics)."""
 from __future__ import annotations
 
 import sympy
@@ -40,13 +41,15 @@ def prediction_outputs(graph, loss: str | None = None) -> list[str]:
 
 
 def changes_in_inference(graph, outputs) -> bool:
-    """Whether a random source with an inference value (a dropout mask) reaches ``outputs``."""
+    """Whether a node that changes in inference mode (a dropout mask, batch statistics) reaches ``outputs``."""
     needed = graph.needed(graph.outputs[name] for name in outputs if name in graph.outputs)
-    return any(OPS[graph.nodes[nid].op].inference is not None for nid in needed)
+    return any(OPS[graph.nodes[nid].op].inference is not None or OPS[graph.nodes[nid].op].inference_input is not None
+               for nid in needed)
 
 
 def inference_graph(graph, outputs) -> object:
-    """A graph computing ``outputs`` of ``graph`` alone, in inference mode (dropout masks are 1)."""
+    """A graph computing ``outputs`` of ``graph`` alone, in inference mode (dropout masks are 1, running
+    statistics stand for batch ones)."""
     unknown = [name for name in outputs if name not in graph.outputs]
     if unknown:
         raise GraphError(f"predict: graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
@@ -55,8 +58,10 @@ def inference_graph(graph, outputs) -> object:
         raise GraphError(f"predict: {gradients} are gradients; predict computes forward outputs only")
 
     def fixed(rb, node):
-        value = OPS[node.op].inference
-        return None if value is None else rb.add(node, "fill", (), {"value": sympy.sympify(value)})
+        op = OPS[node.op]
+        if op.inference_input is not None:
+            return rb.map[node.inputs[op.inference_input]]
+        return None if op.inference is None else rb.add(node, "fill", (), {"value": sympy.sympify(op.inference)})
 
     keep = graph.needed(graph.outputs[name] for name in outputs)
     new = Rebuild(graph).run(fixed, keep=keep)

@@ -93,8 +93,10 @@ def _only(feeds, names):
 
 
 def _dims(feeds):
-    """The symbolic dims, in DIMS order, read off the feeds."""
+    """The symbolic dims, in DIMS order, read off the feeds and checked against the sizes the ops need."""
     m = _shape_of(feeds, 'x', 0)
+    if 0 in (m, ):
+        raise ValueError(f"empty feeds: {dict(zip(DIMS, (m, )))}; each dim needs a size of at least 1")
     return (m, )
 
 
@@ -107,8 +109,6 @@ def _check(feeds, names, dims=None, bind=_dims):
             _explain(feeds, names)
     if dims is None:
         dims = bind(feeds)
-        if 0 in dims:
-            raise ValueError(f"empty feeds: {dict(zip(DIMS, dims))}; each dim needs a size of at least 1")
     for name in names:
         value = feeds[name]
         shape, dtype = _SPEC[name]
