@@ -1,4 +1,5 @@
-"""Neural-network ops: softmax, log_softmax and softmax cross-entropy, with stable forms and fused VJPs."""
+"""Neural-network ops: softmax, log_softmax and softmax cross-entropy (stable forms, fused VJPs), layer and batch
+normalization."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,8 @@ from graphc.core import shapes
 from graphc.core.describe import expression
 from graphc.core.dtypes import is_float
 from graphc.core.errors import GraphError
-from graphc.core.registry import check_axes, defop, fail
 from graphc.core.naming import after_input
+from graphc.core.registry import check_axes, defop, fail
 from graphc.dsl import Tensor, apply, assign
 from graphc.ops.batching import mixes
 from graphc.ops.elementwise import arg, ew, interpret, scalar
