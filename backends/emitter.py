@@ -335,8 +335,13 @@ class ModuleEmitter:
                       runtime._buffers, runtime._check_classes)
     NUMERICS: tuple = ()  # helpers of check_numerics
 
-    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False):
+    def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False, sharded=None):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
+        # data-parallel training: grad_step's graph (or the GraphError refusing it) and apply_update's
+        self.grads_graph, self.update_graph = sharded or (None, None)
+        self.refused = self.grads_graph if isinstance(self.grads_graph, GraphError) else None
+        if self.refused is not None:
+            self.grads_graph = None
         self.dims = graph.dims()
         self.dim_vars = dim_names(self.dims)  # a dim's variable in the module's functions
         self.constants: dict = {}
@@ -435,8 +440,10 @@ class ModuleEmitter:
         w = CodeWriter()
         g = self.graph
         fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
-        if self.train_graph is not None:
-            fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
+        for fname, graph in (("_train", self.train_graph), ("_grads", self.grads_graph),
+                             ("_update", self.update_graph)):
+            if graph is not None:
+                fns.append((fname, FunctionEmitter(graph, self, fname)))
         body = {}
         for fname, fe in fns:
             cw = CodeWriter()
@@ -465,6 +472,8 @@ class ModuleEmitter:
                 w.line(f"{title} = {{" + ", ".join(f"{n!r}: ({shapes.fmt(kept[n][0])!r}, {kept[n][1]!r}, "
                                                    f"{kept[n][2]!r})" for n in names) + "}")
         w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
+        if self.refused is not None:
+            w.line(f"NO_GRAD_STEP = {str(self.refused)!r}  # why this module has no grad_step")
         for name, text in self.constants.values():
             w.line(f"{name} = {text}")
         w.line("")
@@ -501,6 +510,15 @@ class ModuleEmitter:
             w.line(line)
         if t is not None:
             w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+            sharded = ("Data-parallel training: grad_step(params, shard, m_total) gives one shard's gradients of its "
+                       "share of the loss of a batch of m_total examples (the shares add up to the batch's loss, "
+                       "exactly); apply_update(params, state, grads) takes the step with the gradients summed over "
+                       "the shards."
+                       if self.refused is None else
+                       "apply_update(params, state, grads) takes the step with given gradients. No grad_step: "
+                       f"{self.refused} (NO_GRAD_STEP).")
+            for line in textwrap.wrap(sharded, 116, break_long_words=False, break_on_hyphens=False):
+                w.line(line)
         w.line("Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.")
         w.line("")
         kept = self.kept()
@@ -629,13 +647,17 @@ class ModuleEmitter:
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(PARAMS.items())}}")
         if self.state_names() or len(fns) > 1:  # every training step has one, if only to return {}
             self._init_state(w)
-        if len(fns) > 1:
+        if self.train_graph is not None:
             self._train_step(w)
             self._checkpoints(w)
+        if self.grads_graph is not None:
+            self._grad_step(w)
+        if self.update_graph is not None:
+            self._apply_update(w)
 
-    def _dims_args(self) -> str:
+    def _dims_args(self, dims: str = "dims") -> str:
         """The bound dims as arguments, one by one: a ``*dims`` call would build a tuple of every argument."""
-        return "".join(f"dims[{k}], " for k in range(len(self.dims)))
+        return "".join(f"{dims}[{k}], " for k in range(len(self.dims)))
 
     def _init_state(self, w: CodeWriter) -> None:
         w.line("")
@@ -650,12 +672,50 @@ class ModuleEmitter:
                 fresh = f"{host} if name == {STEP_COUNTER!r} else {fresh}"  # the step counter stays on the host
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(STATE.items())}}")
 
+    def _scheduled(self, graph) -> dict:
+        """The hyper-parameters a schedule computes from the step counter: name -> expression of ``STEP``."""
+        return {k: v for k, v in graph.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
+
+    def _defaults(self, graph) -> str:
+        """``, lr=0.1`` (or ``, lr=None`` where a schedule gives it): the step's hyper-parameters as arguments."""
+        scheduled = self._scheduled(graph)
+        return "".join(f", {k}=None" if k in scheduled else f", {k}={v!r}" for k, v in graph.hypers.items())
+
+    def _host_scalars(self, w: CodeWriter, graph) -> None:
+        """The step's scalars on the host: the step counter, scheduled hyper-parameters, bias corrections."""
+        if STEP_COUNTER in self.state_names():
+            w.line(f"step = int(state[{STEP_COUNTER!r}])  # training steps taken before this one")
+        for name in self._scheduled(graph):
+            with w.block(f"if {name} is None:"):
+                w.line(f"{name} = {name}_at(step)")
+        self._train_args(w, graph.hypers)
+        host = HostPrinter()
+        for name, expr in graph.scalars.items():
+            w.line(f"{name} = {host.doprint(expr)}")
+
+    def _step_call(self, w: CodeWriter, fname: str, args: list[str], dims: str = "dims") -> None:
+        """Call the step's function; write params and state back and count the step."""
+        after = CodeWriter()
+        self._write_back(after)
+        if STEP_COUNTER in self.state_names():
+            after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
+        w.line(f"{'out =' if after.lines else 'return'} {fname}(B, {self._dims_args(dims)}{', '.join(args)})")
+        if after.lines:
+            w.lines.extend("    " * w.depth + line for line in after.lines)
+            w.line("return out")
+
+    def _state_check(self, w: CodeWriter, dims: str) -> str:
+        """The check of the state dict; returns the state argument as the signature spells it."""
+        state = self.state_names()
+        w.line(f"_check(state, {tuple(state)!r}, {dims})" if state else
+               f"_check({{}} if state is None else state, (), {dims})")
+        return "state" if state else "state=None"
+
     def _train_step(self, w: CodeWriter) -> None:
         t, inputs, params = self.train_graph, list(self.graph.inputs), list(self.graph.params)
         state = self.state_names()
-        scheduled = {k: v for k, v in t.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
         host = HostPrinter()
-        for name, value in scheduled.items():
+        for name, value in self._scheduled(t).items():
             w.line("")
             w.line("")
             with w.block(f"def {name}_at(step):"):
@@ -663,34 +723,56 @@ class ModuleEmitter:
                 w.line(f"return {host.doprint(value)}")
         w.line("")
         w.line("")
-        defaults = "".join(f", {k}=None" if k in scheduled else f", {k}={v!r}" for k, v in t.hypers.items())
-        with w.block(f"def train_step(params, batch, {'state' if state else 'state=None'}{defaults}):"):
+        with w.block(f"def train_step(params, batch, {'state' if state else 'state=None'}{self._defaults(t)}):"):
             docstring(w, f"One training step, {t.update_rule}: updates the params and state in place; returns the "
                          "outputs (reused buffers).")
             w.line(f"dims = _check(batch, {tuple(inputs)!r})")
             w.line(f"_check(params, {tuple(params)!r}, dims)")
-            w.line(f"_check(state, {tuple(state)!r}, dims)" if state else
-                   "_check({} if state is None else state, (), dims)")
-            if STEP_COUNTER in state:
-                w.line(f"step = int(state[{STEP_COUNTER!r}])  # training steps taken before this one")
-            for name in scheduled:
-                with w.block(f"if {name} is None:"):
-                    w.line(f"{name} = {name}_at(step)")
-            self._train_args(w, t.hypers)
-            for name, expr in t.scalars.items():
-                w.line(f"{name} = {host.doprint(expr)}")
+            self._state_check(w, "dims")
+            self._host_scalars(w, t)
             self._to_device(w, "batch", "params", *(["state"] if state else []))
             w.line("B = _buffers(_train_cache, dims, _train_allocate)")
-            args = ", ".join([*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
-                              *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])
-            after = CodeWriter()
-            self._write_back(after)
-            if STEP_COUNTER in state:
-                after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
-            w.line(f"{'out =' if after.lines else 'return'} _train(B, {self._dims_args()}{args})")
-            if after.lines:
-                w.lines.extend("    " * w.depth + line for line in after.lines)
-                w.line("return out")
+            self._step_call(w, "_train", [*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
+                                          *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])
+
+    def _grad_step(self, w: CodeWriter) -> None:
+        g, inputs, params = self.grads_graph, list(self.graph.inputs), list(self.graph.params)
+        share, *grads = g.outputs  # the share of the loss, then each param's gradient, in PARAMS order
+        w.line("")
+        w.line("")
+        with w.block("def grad_step(params, shard, m_total):"):
+            docstring(w, "One shard's part of a training step on a batch of m_total examples: (gradients by param "
+                         "name, fresh arrays; the shard's share of the loss, sum of its losses / m_total, a float). "
+                         "Summed over the shards, they are the batch's gradients and loss, exactly; "
+                         "apply_update(params, state, grads) then takes the step.")
+            w.line(f"dims = _check(shard, {tuple(inputs)!r})")
+            w.line(f"_check(params, {tuple(params)!r}, dims)")
+            with w.block("if not m_total > 0:"):
+                w.line('raise ValueError(f"m_total is the number of examples of the whole batch, not {m_total!r}")')
+            self._to_device(w, "shard", "params")
+            w.line("B = _buffers(_grads_cache, dims, _grads_allocate)")
+            args = [*(f"shard[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), "m_total"]
+            w.line(f"out = _grads(B, {self._dims_args()}{', '.join(args)})")
+            pairs = ", ".join(f"({p!r}, {k!r})" for p, k in zip(params, grads))
+            w.line(f"grads = {{name: {self.XP}.array(out[key], copy=True) for name, key in ({pairs},)}}")
+            w.line(f"return grads, float(out[{share!r}])")
+
+    def _apply_update(self, w: CodeWriter) -> None:
+        u, params = self.update_graph, list(self.graph.params)
+        w.line("")
+        w.line("")
+        with w.block(f"def apply_update(params, state, grads{self._defaults(u)}):"):
+            docstring(w, f"The update of a training step, {u.update_rule}, with the gradients by param name (summed "
+                         "over the shards of a batch, from grad_step): params and state in place, as train_step "
+                         "(the same rule, schedule and step counter).")
+            w.line(f"_check(params, {tuple(params)!r}, _ANY_DIMS)")
+            w.line(f"_check(grads, {tuple(params)!r}, _ANY_DIMS)  # a gradient has its param's shape and dtype")
+            self._state_check(w, "_ANY_DIMS")
+            self._host_scalars(w, u)
+            self._to_device(w, "grads", "params", *(["state"] if self.state_names() else []))
+            w.line("B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)")
+            self._step_call(w, "_update", [*(f"grads[{n!r}]" for n in params), *(f"params[{n!r}]" for n in params),
+                                           *(f"state[{n!r}]" for n in u.state), *u.hypers, *u.scalars], "_ANY_DIMS")
 
     def _checkpoints(self, w: CodeWriter) -> None:
         """``save`` and ``load``: the runtime's, with loaded arrays made this backend's."""
