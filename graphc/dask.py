@@ -137,7 +137,8 @@ class Sharded:
         """The gradients and loss of the global batch of ``rows`` (row numbers of the data), summed over its shards;
         FloatingPointError naming the chunk where a shard's are not finite."""
         rows = np.asarray(rows)
-        # once per step, to every worker; a fresh key each time (a hashed one may be released as it is reused)
+        # once per step, a copy to every worker (the step survives the loss of any one); a fresh key each time
+        # (a hashed one, the same for equal params, may be released by the last step as this one takes it)
         [shared] = self.client.scatter([params], broadcast=True, hash=False)
         parts = []
         for (chunk, start, stop), x, t in zip(self.chunks, self.x, self.t):
