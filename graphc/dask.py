@@ -51,10 +51,10 @@ def _add(a, b):
 
 
 class _Chunk:
-    """Where a shard comes from, for messages: chunk ``index``, whose first row is row ``start`` of the data."""
+    """Chunk ``index`` of the data: its rows ``start`` to ``stop`` (excluded); where a shard comes from."""
 
-    def __init__(self, index: int, start: int):
-        self.index, self.start = index, start
+    def __init__(self, index: int, start: int, stop: int):
+        self.index, self.start, self.stop = index, start, stop
 
     def rows_of(self, rows) -> np.ndarray:
         return self.start + np.arange(rows.start, rows.stop) if isinstance(rows, slice) else self.start + rows
@@ -129,7 +129,7 @@ class Sharded:
         t = t.rechunk({0: X.chunks[0], **{i: -1 for i in range(1, t.ndim)}})
         self.x, self.t = _chunk_futures(client, X), _chunk_futures(client, t)
         bounds = np.cumsum([0, *X.chunks[0]])
-        self.chunks = [(_Chunk(k, int(a)), int(a), int(b)) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        self.chunks = [_Chunk(k, int(a), int(b)) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
         self.rows = int(X.shape[0])
         self.module_name = _ship(client, module_path)
 
@@ -141,8 +141,8 @@ class Sharded:
         # (a hashed one, the same for equal params, may be released by the last step as this one takes it)
         [shared] = self.client.scatter([params], broadcast=True, hash=False)
         parts = []
-        for (chunk, start, stop), x, t in zip(self.chunks, self.x, self.t):
-            local = _local_rows(rows, start, stop)
+        for chunk, x, t in zip(self.chunks, self.x, self.t):
+            local = _local_rows(rows, chunk.start, chunk.stop)
             if isinstance(local, slice) or len(local):
                 parts.append(delayed(_shard, pure=True)(self.module_name, self.names, shared, x, t, local, len(rows),
                                                         chunk))
