@@ -742,7 +742,8 @@ class ModuleEmitter:
         w.line("")
         with w.block("def grad_step(params, shard, m_total):"):
             docstring(w, "One shard's part of a training step on a batch of m_total examples: (gradients by param "
-                         "name, fresh arrays; the shard's share of the loss, sum of its losses / m_total, a float). "
+                         "name, fresh arrays; the shard's share of the batch's loss, a float: for a mean, the sum "
+                         "of its losses / m_total). "
                          "Summed over the shards, they are the batch's gradients and loss, exactly; "
                          "apply_update(params, state, grads) then takes the step.")
             w.line(f"dims = _check(shard, {tuple(inputs)!r})")

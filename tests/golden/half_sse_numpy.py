@@ -279,8 +279,9 @@ def load(path):
 
 def grad_step(params, shard, m_total):
     """One shard's part of a training step on a batch of m_total examples: (gradients by param name, fresh arrays;
-    the shard's share of the loss, sum of its losses / m_total, a float). Summed over the shards, they are the
-    batch's gradients and loss, exactly; apply_update(params, state, grads) then takes the step."""
+    the shard's share of the batch's loss, a float: for a mean, the sum of its losses / m_total). Summed over the
+    shards, they are the batch's gradients and loss, exactly; apply_update(params, state, grads) then takes the
+    step."""
     dims = _check(shard, ('x', 't'))
     _check(params, ('W',), dims)
     if not m_total > 0:
