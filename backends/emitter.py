@@ -704,12 +704,11 @@ class ModuleEmitter:
             w.lines.extend("    " * w.depth + line for line in after.lines)
             w.line("return out")
 
-    def _state_check(self, w: CodeWriter, dims: str) -> str:
-        """The check of the state dict; returns the state argument as the signature spells it."""
+    def _state_check(self, w: CodeWriter, dims: str) -> None:
+        """The check of the state dict (None where the step keeps no state)."""
         state = self.state_names()
         w.line(f"_check(state, {tuple(state)!r}, {dims})" if state else
                f"_check({{}} if state is None else state, (), {dims})")
-        return "state" if state else "state=None"
 
     def _train_step(self, w: CodeWriter) -> None:
         t, inputs, params = self.train_graph, list(self.graph.inputs), list(self.graph.params)
