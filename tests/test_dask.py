@@ -25,6 +25,7 @@ CHUNKS = (7, 13, 1, 43)  # 64 rows
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
         yield client
 
 
@@ -59,11 +60,17 @@ def test_the_summed_gradient_is_the_full_batch_gradient(client, data, tmp_path):
     g, X, T = data
     path = emit(g, gc.SGD(lr=0.1), tmp_path / "mlp_numpy.py")
     params = gc.load_module(path).init_params(seed=3)
-    grads, loss = gd.gradients(path, *on_cluster(X, T), params, client=client)
+    data = gd.Sharded(client, path, *on_cluster(X, T))
+    holders = {w for ws in client.who_has(data.x).values() for w in ws}
+    assert len(holders) == 2  # the chunks are spread over both workers, so are the shards
+    grads, loss = data.gradients(params, np.arange(64))
     want = g.evaluate({"x": X, "t": T, **params})
     assert abs(loss - float(want["loss"])) <= 1e-12
     for p in params:
         np.testing.assert_allclose(grads[p], want[f"d{p}"], rtol=1e-12, atol=1e-12, err_msg=p)
+    again, _ = gd.gradients(path, *on_cluster(X, T), params, client=client)
+    for p in params:
+        np.testing.assert_array_equal(again[p], grads[p])  # the same additions in the same order
 
 
 @pytest.mark.parametrize("optimizer, shuffle", [(gc.SGD(lr=0.2, momentum=0.9), False), (gc.Adam(lr=0.01), True)],
