@@ -344,9 +344,14 @@ class ModuleEmitter:
     NUMERICS: tuple = ()  # helpers of check_numerics
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False,
-                 predict_graph=None):
+                 predict_graph=None, sharded=None):
         self.graph, self.train_graph, self.opt_level = graph, train_graph, opt_level
         self.predict_graph = predict_graph  # the outputs predict computes, in inference mode; None: none
+        # data-parallel training: grad_step's graph (or the GraphError refusing it) and apply_update's
+        self.grads_graph, self.update_graph = sharded or (None, None)
+        self.refused = self.grads_graph if isinstance(self.grads_graph, GraphError) else None
+        if self.refused is not None:
+            self.grads_graph = None
         self.dims = graph.dims()
         self.dim_vars = dim_names(self.dims)  # a dim's variable in the module's functions
         self.constants: dict = {}
@@ -443,8 +448,10 @@ class ModuleEmitter:
         w = CodeWriter()
         g = self.graph
         fns = [("_compute", FunctionEmitter(g, self, "_compute"))]
-        if self.train_graph is not None:
-            fns.append(("_train", FunctionEmitter(self.train_graph, self, "_train")))
+        for fname, graph in (("_train", self.train_graph), ("_grads", self.grads_graph),
+                             ("_update", self.update_graph)):
+            if graph is not None:
+                fns.append((fname, FunctionEmitter(graph, self, fname)))
         if self.predict_graph is not None and self.predict_graph.outputs:
             fns.append(("_predict", FunctionEmitter(self.predict_graph, self, "_predict")))
         body = {}
@@ -478,6 +485,8 @@ class ModuleEmitter:
                                                    f"{kept[n][2]!r})" for n in names) + "}")
         w.line(f"OUTPUTS = {tuple(g.outputs)!r}")
         w.line(f"PREDICTS = {tuple(self.predict_graph.outputs if self.predict_graph else ())!r}")
+        if self.refused is not None:
+            w.line(f"NO_GRAD_STEP = {str(self.refused)!r}  # why this module has no grad_step")
         if any(fe.draws for _, fe in fns):
             w.line("_CALLS = itertools.count()  # numbers the calls that draw random values: each draws anew")
         for name, text in self.constants.values():
@@ -518,6 +527,15 @@ class ModuleEmitter:
             w.line(line)
         if t is not None:
             w.line("Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.")
+            sharded = ("Data-parallel training: grad_step(params, shard, m_total) gives one shard's gradients of its "
+                       "share of the loss of a batch of m_total examples (the shares add up to the batch's loss, "
+                       "exactly); apply_update(params, state, grads) takes the step with the gradients summed over "
+                       "the shards."
+                       if self.refused is None else
+                       "apply_update(params, state, grads) takes the step with given gradients. No grad_step: "
+                       f"{self.refused} (NO_GRAD_STEP).")
+            for line in textwrap.wrap(sharded, 116, break_long_words=False, break_on_hyphens=False):
+                w.line(line)
         w.line("Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.")
         w.line("")
         kept = self.kept()
@@ -538,7 +556,8 @@ class ModuleEmitter:
 
     def _checks(self, w: CodeWriter) -> None:
         w.line("")
-        self._dims_function(w, "_dims", self.graph.inputs, self.requirements(self.graph, self.train_graph))
+        training = self.requirements(self.graph, self.train_graph, self.grads_graph)
+        self._dims_function(w, "_dims", self.graph.inputs, training)
         if self._predict_binds_apart():
             self._dims_function(w, "_predict_dims", self.predict_graph.inputs, self.requirements(self.predict_graph))
         with w.block("def _check(feeds, names, dims=None, bind=_dims):"):
@@ -595,7 +614,7 @@ class ModuleEmitter:
         if p is None or not p.outputs:
             return False
         return (self._bindings(p.inputs) != self._bindings(self.graph.inputs)
-                or self.requirements(p) != self.requirements(self.graph, self.train_graph))
+                or self.requirements(p) != self.requirements(self.graph, self.train_graph, self.grads_graph))
 
     def _bindings(self, inputs: dict) -> list[str]:
         """How each dim is read off feeds of ``inputs`` (a dim none of them has is 1: nothing computed uses it)."""
@@ -677,10 +696,14 @@ class ModuleEmitter:
         if "_train" in fes:
             self._train_step(w, fes["_train"])
             self._checkpoints(w)
+        if "_grads" in fes:
+            self._grad_step(w, fes["_grads"])
+        if "_update" in fes:
+            self._apply_update(w, fes["_update"])
 
-    def _dims_args(self) -> str:
+    def _dims_args(self, dims: str = "dims") -> str:
         """The bound dims as arguments, one by one: a ``*dims`` call would build a tuple of every argument."""
-        return "".join(f"dims[{k}], " for k in range(len(self.dims)))
+        return "".join(f"{dims}[{k}], " for k in range(len(self.dims)))
 
     def _init_state(self, w: CodeWriter) -> None:
         w.line("")
@@ -695,9 +718,9 @@ class ModuleEmitter:
                 fresh = f"{host} if name == {STEP_COUNTER!r} else {fresh}"  # the step counter stays on the host
             w.line(f"return {{name: {fresh} for index, (name, spec) in enumerate(STATE.items())}}")
 
-    def _call(self, fe: FunctionEmitter, args) -> str:
+    def _call(self, fe: FunctionEmitter, args, dims: str = "dims") -> str:
         """The call of a generated function: buffers, the call number where it draws random values, dims, arrays."""
-        return f"{fe.fname}(B, {'next(_CALLS), ' if fe.draws else ''}{self._dims_args()}{', '.join(args)})"
+        return f"{fe.fname}(B, {'next(_CALLS), ' if fe.draws else ''}{self._dims_args(dims)}{', '.join(args)})"
 
     def _predict_api(self, w: CodeWriter, fe: FunctionEmitter | None) -> None:
         """``predict``: the outputs that need no labels, in inference mode (no dropout), without gradients."""
@@ -725,12 +748,49 @@ class ModuleEmitter:
         fresh = f"{{name: {self.XP}.array(value, copy=True) for name, value in out.items()}}"
         w.line(f"return {fresh} if copy else out")
 
+    def _scheduled(self, graph) -> dict:
+        """The hyper-parameters a schedule computes from the step counter: name -> expression of ``STEP``."""
+        return {k: v for k, v in graph.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
+
+    def _defaults(self, graph) -> str:
+        """``, lr=0.1`` (or ``, lr=None`` where a schedule gives it): the step's hyper-parameters as arguments."""
+        scheduled = self._scheduled(graph)
+        return "".join(f", {k}=None" if k in scheduled else f", {k}={v!r}" for k, v in graph.hypers.items())
+
+    def _host_scalars(self, w: CodeWriter, graph) -> None:
+        """The step's scalars on the host: the step counter, scheduled hyper-parameters, bias corrections."""
+        if STEP_COUNTER in self.state_names():
+            w.line(f"step = int(state[{STEP_COUNTER!r}])  # training steps taken before this one")
+        for name in self._scheduled(graph):
+            with w.block(f"if {name} is None:"):
+                w.line(f"{name} = {name}_at(step)")
+        self._train_args(w, graph.hypers)
+        host = HostPrinter()
+        for name, expr in graph.scalars.items():
+            w.line(f"{name} = {host.doprint(expr)}")
+
+    def _step_call(self, w: CodeWriter, fe: FunctionEmitter, args: list[str], dims: str = "dims") -> None:
+        """Call the step's function; write params and state back and count the step."""
+        after = CodeWriter()
+        self._write_back(after)
+        if STEP_COUNTER in self.state_names():
+            after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
+        w.line(f"{'out =' if after.lines else 'return'} {self._call(fe, args, dims)}")
+        if after.lines:
+            w.lines.extend("    " * w.depth + line for line in after.lines)
+            w.line("return out")
+
+    def _state_check(self, w: CodeWriter, dims: str) -> None:
+        """The check of the state dict (None where the step keeps no state)."""
+        state = self.state_names()
+        w.line(f"_check(state, {tuple(state)!r}, {dims})" if state else
+               f"_check({{}} if state is None else state, (), {dims})")
+
     def _train_step(self, w: CodeWriter, fe: FunctionEmitter) -> None:
         t, inputs, params = self.train_graph, list(self.graph.inputs), list(self.graph.params)
         state = self.state_names()
-        scheduled = {k: v for k, v in t.hypers.items() if isinstance(v, sympy.Basic) and STEP in v.free_symbols}
         host = HostPrinter()
-        for name, value in scheduled.items():
+        for name, value in self._scheduled(t).items():
             w.line("")
             w.line("")
             with w.block(f"def {name}_at(step):"):
@@ -738,34 +798,57 @@ class ModuleEmitter:
                 w.line(f"return {host.doprint(value)}")
         w.line("")
         w.line("")
-        defaults = "".join(f", {k}=None" if k in scheduled else f", {k}={v!r}" for k, v in t.hypers.items())
-        with w.block(f"def train_step(params, batch, {'state' if state else 'state=None'}{defaults}):"):
+        with w.block(f"def train_step(params, batch, {'state' if state else 'state=None'}{self._defaults(t)}):"):
             docstring(w, f"One training step, {t.update_rule}: updates the params and state in place; returns the "
                          "outputs (reused buffers).")
             w.line(f"dims = _check(batch, {tuple(inputs)!r})")
             w.line(f"_check(params, {tuple(params)!r}, dims)")
-            w.line(f"_check(state, {tuple(state)!r}, dims)" if state else
-                   "_check({} if state is None else state, (), dims)")
-            if STEP_COUNTER in state:
-                w.line(f"step = int(state[{STEP_COUNTER!r}])  # training steps taken before this one")
-            for name in scheduled:
-                with w.block(f"if {name} is None:"):
-                    w.line(f"{name} = {name}_at(step)")
-            self._train_args(w, t.hypers)
-            for name, expr in t.scalars.items():
-                w.line(f"{name} = {host.doprint(expr)}")
+            self._state_check(w, "dims")
+            self._host_scalars(w, t)
             self._to_device(w, "batch", "params", *(["state"] if state else []))
             w.line("B = _buffers(_train_cache, dims, _train_allocate)")
-            args = [*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
-                    *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars]
-            after = CodeWriter()
-            self._write_back(after)
-            if STEP_COUNTER in state:
-                after.line(f"state[{STEP_COUNTER!r}][...] = step + 1")
-            w.line(f"{'out =' if after.lines else 'return'} {self._call(fe, args)}")
-            if after.lines:
-                w.lines.extend("    " * w.depth + line for line in after.lines)
-                w.line("return out")
+            self._step_call(w, fe, [*(f"batch[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params),
+                                    *(f"state[{n!r}]" for n in t.state), *t.hypers, *t.scalars])
+
+    def _grad_step(self, w: CodeWriter, fe: FunctionEmitter) -> None:
+        g, inputs, params = self.grads_graph, list(self.graph.inputs), list(self.graph.params)
+        share, *grads = g.outputs  # the share of the loss, then each param's gradient, in PARAMS order
+        w.line("")
+        w.line("")
+        with w.block("def grad_step(params, shard, m_total):"):
+            docstring(w, "One shard's part of a training step on a batch of m_total examples: (gradients by param "
+                         "name, fresh arrays; the shard's share of the batch's loss, a float: for a mean, the sum "
+                         "of its losses / m_total). "
+                         "Summed over the shards, they are the batch's gradients and loss, exactly; "
+                         "apply_update(params, state, grads) then takes the step.")
+            w.line(f"dims = _check(shard, {tuple(inputs)!r})")
+            w.line(f"_check(params, {tuple(params)!r}, dims)")
+            with w.block("if not m_total > 0:"):
+                w.line('raise ValueError(f"m_total is the number of examples of the whole batch, not {m_total!r}")')
+            self._to_device(w, "shard", "params")
+            w.line("B = _buffers(_grads_cache, dims, _grads_allocate)")
+            args = [*(f"shard[{n!r}]" for n in inputs), *(f"params[{n!r}]" for n in params), "m_total"]
+            w.line(f"out = {self._call(fe, args)}")
+            pairs = ", ".join(f"({p!r}, {k!r})" for p, k in zip(params, grads))
+            w.line(f"grads = {{name: {self.XP}.array(out[key], copy=True) for name, key in ({pairs},)}}")
+            w.line(f"return grads, float(out[{share!r}])")
+
+    def _apply_update(self, w: CodeWriter, fe: FunctionEmitter) -> None:
+        u, params = self.update_graph, list(self.graph.params)
+        w.line("")
+        w.line("")
+        with w.block(f"def apply_update(params, state, grads{self._defaults(u)}):"):
+            docstring(w, f"The update of a training step, {u.update_rule}, with the gradients by param name (summed "
+                         "over the shards of a batch, from grad_step): params and state in place, as train_step "
+                         "(the same rule, schedule and step counter).")
+            w.line(f"_check(params, {tuple(params)!r}, _ANY_DIMS)")
+            w.line(f"_check(grads, {tuple(params)!r}, _ANY_DIMS)  # a gradient has its param's shape and dtype")
+            self._state_check(w, "_ANY_DIMS")
+            self._host_scalars(w, u)
+            self._to_device(w, "grads", "params", *(["state"] if self.state_names() else []))
+            w.line("B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)")
+            self._step_call(w, fe, [*(f"grads[{n!r}]" for n in params), *(f"params[{n!r}]" for n in params),
+                                    *(f"state[{n!r}]" for n in u.state), *u.hypers, *u.scalars], "_ANY_DIMS")
 
     def _checkpoints(self, w: CodeWriter) -> None:
         """``save`` and ``load``: the runtime's, with loaded arrays made this backend's."""

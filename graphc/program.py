@@ -12,7 +12,7 @@ from graphc.core import ir
 from graphc.core.errors import GraphError
 from graphc.core.files import write_atomic
 from graphc.dsl import Tensor
-from graphc.optim import SGD, training_graph
+from graphc.optim import SGD, grad_step_graph, training_graph, update_graph
 from graphc.passes import optimize
 from graphc.transforms.inference import changes_in_inference, inference_graph, prediction_outputs
 
@@ -48,6 +48,7 @@ class Program:
         self.records, self.train_records = records, train_records or []
         self.emitted = emitted or {}  # function name (_compute, _train) -> where its nodes are in the source
         self._module = None
+        self.refused: GraphError | None = None  # why the module has no grad_step, where it has a training step
 
     @property
     def module(self) -> types.ModuleType:
@@ -90,6 +91,17 @@ class Program:
         """``(params, state)`` saved by ``save``."""
         return self._training("load")(path)
 
+    def grad_step(self, params: dict, shard: dict, m_total: int) -> tuple[dict, float]:
+        """``(gradients, loss)`` of one shard's share ``Σ_shard loss_i / m_total`` of a batch of ``m_total`` examples:
+        the shares' gradients add up to the batch's (data-parallel training). GraphError where it is refused."""
+        if self.refused is not None:
+            raise self.refused
+        return self._training("grad_step")(params, shard, m_total)
+
+    def apply_update(self, params: dict, state: dict | None, grads: dict, **hypers) -> None:
+        """The training step's update, given the gradients summed over the shards: params and state in place."""
+        self._training("apply_update")(params, state, grads, **hypers)
+
     def _training(self, name: str):
         if not hasattr(self.module, "train_step"):
             raise GraphError("this program has no training step: compile with loss= and optimizer=")
@@ -115,16 +127,32 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     if optimizer is not None and loss is None:
         loss = "loss"
     optimized, records = optimize(without_updates(graph), opt_level, disable)
-    trained, train_records = None, []
+    trained, train_records, sharded = None, [], None
     if loss is not None:
         late = ("fuse_updates",) if check_numerics else ()  # every new value is checked before any is written
-        trained, train_records = optimize(training_graph(graph, loss, optimizer or SGD()), opt_level,
-                                          (*disable, *late))
+        optimizer = optimizer or SGD()
+        trained, train_records = optimize(training_graph(graph, loss, optimizer), opt_level, (*disable, *late))
+        sharded = sharded_graphs(graph, loss, optimizer, opt_level, (*disable, *late))
     names = prediction_outputs(graph, loss or "loss") if predict is None else list(predict)
     predicted = _prediction_graph(without_updates(graph), optimized, names, opt_level, disable)
-    emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics, predict_graph=predicted)
-    source = emitter.source()
-    return Program(graph, backend, source, records, train_records, emitter.emitted)
+    emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics, predict_graph=predicted,
+                                sharded=sharded)
+    program = Program(graph, backend, emitter.source(), records, train_records, emitter.emitted)
+    program.refused = sharded[0] if sharded and isinstance(sharded[0], GraphError) else None
+    return program
+
+
+def sharded_graphs(graph, loss: str, optimizer, opt_level: int, disable) -> tuple:
+    """``(grad_step's graph, apply_update's graph)``, optimized; in place of grad_step's, the GraphError saying why
+    it is refused where the loss is not a sum over the examples (the file then has no grad_step, and says why)."""
+    try:
+        grads = grad_step_graph(graph, loss, optimizer)
+    except GraphError as exc:
+        grads = exc
+    else:
+        grads, _ = optimize(grads, opt_level, disable)
+    update, _ = optimize(update_graph(graph, optimizer), opt_level, disable)
+    return grads, update
 
 
 def without_updates(graph):

@@ -128,12 +128,6 @@ def test_no_op_name_is_listed_outside_its_definition_and_lowerings():
 
 
 # -- the op table: a new op cannot be half-added ------------------------------------------------------------
-NOT_PER_EXAMPLE = {  # ops per-example gradients refuse (GraphError), with why
-    "conv2d": "per-example gradients through convolutions are not built yet",
-    "max_pool2d": "as conv2d", "avg_pool2d": "as conv2d",
-}
-
-
 def test_every_computed_op_has_a_lowering_in_every_backend():
     from graphc.backends import BACKENDS
     computed = {name for name, op in gc.OPS.items() if not op.given}
@@ -154,5 +148,5 @@ def test_every_forward_op_has_a_batch_rule_or_says_why_not():
                      "avg_pool2d_grad", "sum_ew", "softmax_xent_grad",
                      "fused_update"}  # made by VJPs and passes, never batched
     missing = {name for name, op in gc.OPS.items()
-               if not op.source and op.batch_axis is None and name not in gradient_only | set(NOT_PER_EXAMPLE)}
+               if not op.source and op.batch_axis is None and name not in gradient_only}
     assert not missing, f"ops without a batch rule: {sorted(missing)}"

@@ -12,11 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NEEDS_SKLEARN = {"cnn_digits.py", "mlp_digits.py", "per_example_losses.py", "train_built.py", "per_example_grads.py",
-                 "from_onnx.py", "cnn_batchnorm.py"}
+                 "from_onnx.py", "cnn_batchnorm.py", "dask_mlp_digits.py"}
 STANDALONE = ["cnn_digits.py", "linear_regression.py", "logistic_regression.py", "mlp_digits.py",
               "per_example_losses.py", "why_scalar_loss.py", "softmax_gradient.py", "mlp_model.py",
-              "per_example_grads.py", "from_onnx.py", "transformer_tiny.py",
-              "cnn_batchnorm.py"]
+              "per_example_grads.py", "from_onnx.py", "transformer_tiny.py", "cnn_batchnorm.py",
+              "dask_mlp_digits.py"]
 
 
 def run(args, build_dir: Path) -> subprocess.CompletedProcess:
@@ -46,10 +46,15 @@ def test_example_runs(name, tmp_path):
         pytest.importorskip("tqdm")
     if name == "from_onnx.py":
         pytest.importorskip("onnx")
+    if name == "dask_mlp_digits.py":
+        pytest.importorskip("distributed")
     proc = run([EXAMPLES / name], tmp_path)
     if name == "mlp_digits.py":
         assert accuracy(proc.stdout) >= 0.97
         assert (tmp_path / "mlp_digits_numpy.py").is_file()
+    if name == "dask_mlp_digits.py":  # the accuracy of examples/mlp_digits.py, and of the same steps in one process
+        assert accuracy(proc.stdout) >= 0.97
+        assert f"one process, the same steps: test accuracy {accuracy(proc.stdout):.4f}" in proc.stdout
     if name == "cnn_digits.py":
         assert accuracy(proc.stdout) >= 0.98
         assert (tmp_path / "cnn_digits_numpy.py").is_file()

@@ -4,6 +4,7 @@ import pytest
 import sympy
 
 import graphc as gc
+from graphc.dsl import apply
 from graphc.ops import OPS
 from graphc.ops import conv as cv
 from graphc.ops import indexing as ix
@@ -106,6 +107,9 @@ CASES = {
     "scatter_add": [
         (lambda g: ix.scatter_add(g, gc.const([[1, 1], [0, 3]]), 4), [(2, 2, m)], {}),
         (lambda g: ix.scatter_add(g, gc.const([2, 2, 2]), 3), [(3,)], {}),
+    ],
+    "in_training": [  # batch_norm's statistic of its mode: the training value's gradient (tests/test_batch_norm.py)
+        (lambda a, b: apply("in_training", [a * a, b], count=2 * m) * a, [(m, 2), (m, 2)], {}),
     ],
     "cast": [  # exact casts only: every backend must match float64 references to 1e-10
         (lambda a: gc.cast(a > 0.5, "float64") * a + gc.cast(gc.cast(a, "int64"), "float64"), [(m, 4)], {}),

@@ -1,5 +1,5 @@
-"""The command line: ``graphc build | show | check | explain | explore MODEL.py`` (the top layer: it may use
-every other)."""
+"""The command line: ``graphc build | show | check | explain | explore | train MODEL.py`` (the top layer: it may
+use every other)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import numpy as np
 
 from graphc.backends import BACKENDS
 from graphc.cli import optimizer
+from graphc.cli import train as training
 from graphc.cli.check import check_graph, parse_dims, table
 from graphc.cli.explain import report
 from graphc.cli.explore import explore as write_explorer
@@ -120,21 +121,52 @@ def _compile(g, args):
 @command("build", _build_args)
 def build(args) -> int:
     """Write DIR/<graph>_<backend>.py for each graph in MODEL.py."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise GraphError(f"-o {args.out}: is a file, not a directory (the generated files go into a directory)")
+    out = _out_dir(args)
     for g in load_graphs(args.model, args.graph):
         prog = _compile(g, args)
         if args.backend == "numpy":
             _ = prog.module  # imported once here, so a file that would not import is never reported as written
-        path = safe_write(out / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
-        steps = "run, init_params" + (", train_step" if "def train_step" in prog.source else "")
-        print(f"wrote {path} ({steps})")
+        path = write_module(g, prog, args)
+        print(f"wrote {path} ({', '.join(entry_points(prog))})")
         if getattr(g, "initial_params", None):  # an imported model's trained weights
             params = out / f"{g.name}_params.npz"
             np.savez(params, **g.initial_params)
             print(f"wrote {params} (the model's parameters: params = dict(np.load(path)))")
     return 0
+
+
+def _out_dir(args) -> Path:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GraphError(f"-o {args.out}: is a file, not a directory (the generated files go into a directory)")
+    return out
+
+
+def write_module(g, prog, args) -> Path:
+    """DIR/<graph>_<backend>.py, never over a file graphc did not write unless --force."""
+    return safe_write(_out_dir(args) / f"{g.name}_{args.backend}.py", prog.source, force=args.force)
+
+
+def entry_points(prog) -> list[str]:
+    names = ["run", "init_params", "train_step", "grad_step", "apply_update"]
+    return [n for n in names if f"\ndef {n}(" in prog.source]
+
+
+def _train_args(p) -> None:
+    training.add_arguments(p)
+    _build_args(p)
+
+
+@command("train", _train_args)
+def train(args) -> int:
+    """Build the model's module and train it on a Dask cluster (data-parallel, exact global batch means)."""
+    graphs = load_graphs(args.model, args.graph)
+    if len(graphs) > 1:
+        raise GraphError(f"{args.model} defines {len(graphs)} graphs: choose one with --graph")
+    g = graphs[0]
+    if args.backend != "numpy":
+        raise GraphError("graphc train runs NumPy modules (--backend numpy)")
+    return training.train(args, write_module(g, _compile(g, args), args), g.name)
 
 
 @command("explain", _compile_args)

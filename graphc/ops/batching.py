@@ -22,8 +22,8 @@ def mixes(node, ins, what: str) -> GraphError:
     who = f"{node.op} {node.name!r} {shapes.fmt(node.shape)}" if node.name else node.label
     operands = ", ".join(i.label for i in ins)
     return GraphError(f"{WHO}: {who} {what} [operands: {operands}], so one example's loss would depend on the "
-                      "other examples of the batch (batch statistics?); per-example gradients need every op "
-                      "between the inputs and the losses to keep the examples apart")
+                      "other examples of the batch (batch statistics?); per-example gradients and grad_step need "
+                      "every op between the inputs and the losses to keep the examples apart")
 
 
 def same_dim(a, b) -> bool:

@@ -19,6 +19,7 @@ from graphc.core.dtypes import is_float, promote
 from graphc.core.errors import GraphError
 from graphc.core.registry import defop, fail
 from graphc.dsl import Tensor, apply
+from graphc.ops.batching import mixes
 from graphc.ops.shape import reshape
 
 
@@ -245,7 +246,24 @@ def _conv_weight_grad_vjp(out, u, x, g, stride, padding, kernel):
     return [conv2d_input_grad(g, u, stride, padding, _hw(x)), _conv(x, u, stride, padding)]
 
 
-defop("conv2d", infer=_conv_infer, vjp=_conv_vjp, impl=_impl(conv2d_ref, "stride", "padding"), var="conv")
+# batch rules: the examples stay apart where they sit on axis 0 of the input and the weights are shared (the
+# per-example gradients of the weights are not built: no example_grad rule, so per_example_grads refuses them)
+def _conv_batch_axis(node, ins, axes):
+    x_axis, w_axis = axes
+    if w_axis is not None or x_axis != 0:
+        raise mixes(node, ins, "convolves across the batch axis" if w_axis is None else "has per-example weights")
+    return 0
+
+
+def _pool_batch_axis(node, ins, axes):
+    (a,) = axes
+    if a >= 2:
+        raise mixes(node, ins, f"pools along the batch axis (axis {a})")
+    return a
+
+
+defop("conv2d", infer=_conv_infer, vjp=_conv_vjp, impl=_impl(conv2d_ref, "stride", "padding"), var="conv",
+      batch_axis=_conv_batch_axis)
 defop("conv2d_input_grad", infer=_conv_input_grad_infer, vjp=_conv_input_grad_vjp, var="conv_dx",
       impl=_impl(conv2d_input_grad_ref, "stride", "padding", "input_hw"))
 defop("conv2d_weight_grad", infer=_conv_weight_grad_infer, vjp=_conv_weight_grad_vjp, var="conv_dw",
@@ -337,7 +355,7 @@ def max_pool2d_gather(x: Tensor, u: Tensor, kernel, stride) -> Tensor:
 
 # x only selects where the gradient goes: the derivative w.r.t. it is zero wherever it is defined.
 # max_pool2d_grad also reads y = max_pool2d(x) so emitters find the maxima by comparison; the reference uses argmax.
-defop("max_pool2d", infer=_pool_infer("max_pool2d"), var="pool",
+defop("max_pool2d", infer=_pool_infer("max_pool2d"), var="pool", batch_axis=_pool_batch_axis,
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).max(axis=(4, 5)),
       vjp=lambda out, g, x, kernel, stride: [max_pool2d_grad(x, g, kernel, stride)])
 defop("max_pool2d_grad", infer=_routed_infer("max_pool2d_grad", True), var="pool_grad",
@@ -347,7 +365,7 @@ defop("max_pool2d_gather", infer=_routed_infer("max_pool2d_gather", False), var=
       impl=_impl(max_pool2d_gather_ref, "kernel", "stride"),
       vjp=lambda out, g, x, u, kernel, stride: [None, max_pool2d_grad(x, g, kernel, stride)])
 
-defop("avg_pool2d", infer=_pool_infer("avg_pool2d"), var="avgpool",
+defop("avg_pool2d", infer=_pool_infer("avg_pool2d"), var="avgpool", batch_axis=_pool_batch_axis,
       impl=lambda node, env, x: _windows(x, node.attr("kernel"), node.attr("stride")).mean(axis=(4, 5)),
       vjp=lambda out, g, x, kernel, stride: [
           apply("avg_pool2d_grad", [g], kernel=kernel, stride=stride, input_hw=_hw(x))])

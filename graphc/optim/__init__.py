@@ -4,6 +4,6 @@ from graphc.optim import schedules
 from graphc.optim.adam import Adam, AdamW
 from graphc.optim.base import LR, Optimizer
 from graphc.optim.sgd import SGD
-from graphc.optim.training import training_graph
+from graphc.optim.training import grad_step_graph, training_graph, update_graph
 
-__all__ = ["LR", "Adam", "AdamW", "Optimizer", "SGD", "schedules", "training_graph"]
+__all__ = ["LR", "Adam", "AdamW", "Optimizer", "SGD", "schedules", "training_graph", "grad_step_graph", "update_graph"]

@@ -4,6 +4,9 @@ Standalone: needs only NumPy. Call run(feeds) for the outputs; predict(feeds) fo
 without dropout or gradients; train_step(params, batch, state) for one training step, SGD(lr=0.1) (state =
 init_state(params), or none where the step keeps none); save(path, params, state) and load(path) for checkpoints.
 Arrays returned by train_step live in reused buffers: copy them to keep them past the next call.
+Data-parallel training: grad_step(params, shard, m_total) gives one shard's gradients of its share of the loss of a
+batch of m_total examples (the shares add up to the batch's loss, exactly); apply_update(params, state, grads) takes
+the step with the gradients summed over the shards.
 Buffers are allocated once per batch size; each thread keeps its own, for the last 4 sizes it used.
 
 Inputs:
@@ -178,6 +181,45 @@ def _train(B, m, x, t, W, lr):
     return {'loss': loss, 'y': y, 'dW': dW, 'dy': dy}
 
 
+def _grads_allocate(m):
+    """The buffers of one call, planned from liveness and reused across nodes."""
+    B = [
+        np.empty((m, 2), np.float64),  # y
+        np.empty((m, 2), np.float64),  # dy
+        np.empty((), np.float64),  # loss
+        np.empty((3, 2), np.float64),  # dW
+    ]
+    return _Buffers(B, {})
+
+_grads_cache = threading.local()
+
+def _grads(B, m, x, t, W, m_total):
+    y = np.matmul(x, W, out=B[0])  # x @ W  m×2
+    dy = np.subtract(y, t, out=B[1])  # y - t  m×2
+    loss = B[2]  # sum(dy**2, axis=(0, 1))·1/2  scalar
+    np.dot(dy.reshape(-1), dy.reshape(-1), out=loss)
+    np.multiply(loss, 1/2, out=loss)  # the scale, on the result
+    xT = x.transpose((1, 0))  # xᵀ  3×m
+    dW = np.matmul(xT, dy, out=B[3])  # xT @ dy  3×2
+    return {'loss': loss, 'dW': dW}
+
+
+def _update_allocate(m):
+    """The buffers of one call, planned from liveness and reused across nodes."""
+    B = [
+        np.empty((3, 2), np.float64),  # scratch
+    ]
+    return _Buffers(B, {})
+
+_update_cache = threading.local()
+
+def _update(B, m, dW, W, lr):
+    # W - dW*lr  3×2 (update of W, in place)
+    np.multiply(dW, lr, out=B[0])
+    np.subtract(W, B[0], out=W)
+    return {}
+
+
 def _predict_allocate(m):
     """The buffers of one call, planned from liveness and reused across nodes."""
     B = [
@@ -272,6 +314,31 @@ def load(path):
     """(params, state) from a file written by save, checked against the declared names, shapes and
     dtypes: training continues from them as if it had never stopped."""
     return _read_checkpoint(path)
+
+
+def grad_step(params, shard, m_total):
+    """One shard's part of a training step on a batch of m_total examples: (gradients by param name, fresh arrays;
+    the shard's share of the batch's loss, a float: for a mean, the sum of its losses / m_total). Summed over the
+    shards, they are the batch's gradients and loss, exactly; apply_update(params, state, grads) then takes the
+    step."""
+    dims = _check(shard, ('x', 't'))
+    _check(params, ('W',), dims)
+    if not m_total > 0:
+        raise ValueError(f"m_total is the number of examples of the whole batch, not {m_total!r}")
+    B = _buffers(_grads_cache, dims, _grads_allocate)
+    out = _grads(B, dims[0], shard['x'], shard['t'], params['W'], m_total)
+    grads = {name: np.array(out[key], copy=True) for name, key in (('W', 'dW'),)}
+    return grads, float(out['loss'])
+
+
+def apply_update(params, state, grads, lr=0.1):
+    """The update of a training step, SGD(lr=0.1), with the gradients by param name (summed over the shards of a
+    batch, from grad_step): params and state in place, as train_step (the same rule, schedule and step counter)."""
+    _check(params, ('W',), _ANY_DIMS)
+    _check(grads, ('W',), _ANY_DIMS)  # a gradient has its param's shape and dtype
+    _check({} if state is None else state, (), _ANY_DIMS)
+    B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)
+    return _update(B, _ANY_DIMS[0], grads['W'], params['W'], lr)
 
 
 def init_array(spec, shape, dtype, seed, index):
