@@ -14,7 +14,7 @@ from graphc.core.files import write_atomic
 from graphc.dsl import Tensor
 from graphc.optim import SGD, grad_step_graph, training_graph, update_graph
 from graphc.passes import optimize
-from graphc.transforms.inference import changes_in_inference, inference_graph, prediction_outputs
+from graphc.transforms.inference import changes_in_inference, inference_graph, inputs_read, prediction_outputs
 
 
 class Graph(ir.Graph):
@@ -171,4 +171,4 @@ def _prediction_graph(graph, optimized, names, opt_level: int, disable):
         return None
     if changes_in_inference(graph, names):
         return optimize(inference_graph(graph, names), opt_level, disable)[0]
-    return inference_graph(optimized, names)
+    return inference_graph(optimized, names, reads=inputs_read(graph, names))

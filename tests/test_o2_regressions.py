@@ -297,3 +297,17 @@ def test_finite_differences_of_a_fortran_ordered_array():
     from graphc.transforms.gradcheck import numeric_grad
     x = np.asfortranarray(np.arange(6.0).reshape(2, 3))
     np.testing.assert_allclose(numeric_grad(lambda v: float((v ** 2).sum()), x), 2 * x, rtol=1e-6)
+
+
+def test_a_term_multiplied_by_zero_folds_away_and_its_input_still_binds_the_batch():
+    with gc.Graph("zero") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        W = gc.param("W", (3, 3), dtype="float64", init="normal")
+        loss = gc.sum(W * W) + 0 * gc.sum(x @ W)  # 0·x: an elementwise node of no inputs after simplification
+        g.output(loss=loss, dW=gc.grad(loss, W), dx=gc.grad(loss, x), y=0 * x, soft=gc.log(gc.exp(0 * x) + 1))
+    feeds = {"x": RNG.normal(size=(2, 3)), "W": RNG.normal(size=(3, 3))}
+    want = assert_every_level_matches(g, feeds)
+    assert rel_error(want["dW"], 2 * feeds["W"]) <= 1e-12 and not want["dx"].any()
+    for level in LEVELS:  # predict's outputs read nothing but x's size: x still binds m
+        got = gc.compile(g, opt_level=level, loss="loss").predict(feeds)
+        assert rel_error(got["soft"], np.full((2, 3), np.log(2))) <= 1e-12, level

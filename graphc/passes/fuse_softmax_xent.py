@@ -13,8 +13,10 @@ def fuse_softmax_xent(graph, notes):
     ``t`` may be ``one_hot(labels)`` (the labels are used directly) or any float tensor of the logits' shape.
     """
     def log_of_softmax(rb, node):
+        if node.phase != "forward" or node.attr("expr") != sympy.log(arg(0)):  # (0·x is an ew of no inputs)
+            return None
         src = rb.node(rb.arg(node.inputs[0]))
-        if node.phase != "forward" or node.attr("expr") != sympy.log(arg(0)) or src.op != "softmax":
+        if src.op != "softmax":
             return None
         notes.note(f"log(softmax) -> log_softmax at {graph.display_name(node.id)}")
         return rb.add(node, "log_softmax", list(src.inputs), {"axis": src.attr("axis")})

@@ -47,9 +47,15 @@ def changes_in_inference(graph, outputs) -> bool:
                for nid in needed)
 
 
-def inference_graph(graph, outputs) -> object:
+def inputs_read(graph, outputs) -> set[str]:
+    """The inputs that ``outputs`` of ``graph`` read."""
+    return set().union(*(_inputs_of(graph, graph.outputs[name]) for name in outputs if name in graph.outputs))
+
+
+def inference_graph(graph, outputs, reads=()) -> object:
     """A graph computing ``outputs`` of ``graph`` alone, in inference mode (dropout masks are 1, running
-    statistics stand for batch ones)."""
+    statistics stand for batch ones), taking the inputs ``reads`` too where its outputs no longer read them (an
+    optimized ``0·x`` is a fill of x's shape: the feed of x still gives its size)."""
     unknown = [name for name in outputs if name not in graph.outputs]
     if unknown:
         raise GraphError(f"predict: graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
@@ -63,7 +69,7 @@ def inference_graph(graph, outputs) -> object:
             return rb.map[node.inputs[op.inference_input]]
         return None if op.inference is None else rb.add(node, "fill", (), {"value": sympy.sympify(op.inference)})
 
-    keep = graph.needed(graph.outputs[name] for name in outputs)
+    keep = graph.needed(graph.outputs[name] for name in outputs) | {graph.inputs[n] for n in reads}
     new = Rebuild(graph).run(fixed, keep=keep)
     new.outputs = {name: new.outputs[name] for name in outputs}
     new.grads = []
