@@ -14,7 +14,13 @@ from graphc.core.files import write_atomic
 from graphc.dsl import Tensor
 from graphc.optim import SGD, grad_step_graph, training_graph, update_graph
 from graphc.passes import optimize
-from graphc.transforms.inference import changes_in_inference, inference_graph, inputs_read, prediction_outputs
+from graphc.transforms.inference import (
+    changes_in_inference,
+    check_predicts,
+    inference_graph,
+    inputs_read,
+    prediction_outputs,
+)
 
 
 class Graph(ir.Graph):
@@ -169,6 +175,7 @@ def _prediction_graph(graph, optimized, names, opt_level: int, disable):
     graph in inference mode optimized on its own (so the masks, now 1, fold away)."""
     if not names:
         return None
+    check_predicts(graph, names)
     if changes_in_inference(graph, names):
         return optimize(inference_graph(graph, names), opt_level, disable)[0]
     return inference_graph(optimized, names, reads=inputs_read(graph, names))

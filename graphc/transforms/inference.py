@@ -52,10 +52,8 @@ def inputs_read(graph, outputs) -> set[str]:
     return set().union(*(_inputs_of(graph, graph.outputs[name]) for name in outputs if name in graph.outputs))
 
 
-def inference_graph(graph, outputs, reads=()) -> object:
-    """A graph computing ``outputs`` of ``graph`` alone, in inference mode (dropout masks are 1, running
-    statistics stand for batch ones), taking the inputs ``reads`` too where its outputs no longer read them (an
-    optimized ``0·x`` is a fill of x's shape: the feed of x still gives its size)."""
+def check_predicts(graph, outputs) -> None:
+    """``outputs`` name forward outputs of the user's ``graph`` (once optimized, one may share a gradient's node)."""
     unknown = [name for name in outputs if name not in graph.outputs]
     if unknown:
         raise GraphError(f"predict: graph {graph.name!r} has no outputs {unknown} (it has {list(graph.outputs)})")
@@ -63,6 +61,11 @@ def inference_graph(graph, outputs, reads=()) -> object:
     if gradients:
         raise GraphError(f"predict: {gradients} are gradients; predict computes forward outputs only")
 
+
+def inference_graph(graph, outputs, reads=()) -> object:
+    """A graph computing ``outputs`` (checked by ``check_predicts``) of ``graph`` alone, in inference mode (dropout
+    masks are 1, running statistics stand for batch ones), taking the inputs ``reads`` too where its outputs no
+    longer read them (an optimized ``0·x`` is a fill of x's shape: the feed of x still gives its size)."""
     def fixed(rb, node):
         op = OPS[node.op]
         if op.inference_input is not None:
