@@ -148,7 +148,7 @@ def write_module(g, prog, args) -> Path:
 
 
 def entry_points(prog) -> list[str]:
-    names = ["run", "init_params", "train_step", "grad_step", "apply_update"]
+    names = ["run", "predict", "init_params", "init_state", "train_step", "grad_step", "apply_update", "save", "load"]
     return [n for n in names if f"\ndef {n}(" in prog.source]
 
 
