@@ -28,7 +28,7 @@ from graphc.core.describe import describe
 from graphc.core.errors import GraphError
 from graphc.core.initializers import init_array
 from graphc.core.ir import STEP
-from graphc.core.naming import Names, dim_names
+from graphc.core.naming import Names, dim_names, node_names
 from graphc.core.registry import OPS
 from graphc.dsl import STEP_COUNTER
 
@@ -159,6 +159,9 @@ class FunctionEmitter:
         self.updates = {nid: name for nid, name in updates.items() if nid not in late}  # written in place
         self.deferred = {nid: updates[nid] for nid in sorted(late)}  # computed aside, copied in at the end
         named = graph.names()  # one naming: a variable has the name diagrams and graphc explain show
+        if set(module.dim_vars.values()) & set(named.values()):  # a dim of the module that this graph lacks
+            named = node_names(graph, taken=module.dim_vars.values())
+        self.named = named
         for nid in (*fed.values(), *sorted(needed)):
             self.var[nid] = named[nid]
         for nid, name in self.updates.items():
@@ -182,7 +185,7 @@ class FunctionEmitter:
         """Emit the node once with placeholder temporaries (kept as its draft); report what they need."""
         if not self._computed(node):
             return []
-        st = Statement(self, node, self.updates.get(node.id) or self.var[node.id], None)
+        st = Statement(self, node, self.var[node.id], None)  # an update's is its param's variable
         self._lower(st)
         self.drafts[node.id] = st.lines
         return st.requests
@@ -232,9 +235,10 @@ class FunctionEmitter:
                 self.lines[nid] = (start, len(w.lines))  # for the explorer: the lines computing each node
         if self.module.check_numerics:
             w.line(self.module.numerics_end())
+        fed = self.graph.fed()
         for nid, param in self.deferred.items():
-            w.line(f"{self.module.XP}.copyto({param}, {self.var[nid]})  # update of {param}, last: statements "
-                   "above read it")
+            w.line(f"{self.module.XP}.copyto({self.var[fed[param]]}, {self.var[nid]})  # update of {param}, last: "
+                   "statements above read it")
 
     def _statement(self, w: CodeWriter, nid: int) -> None:
         """The statements computing one node (none for a fed one)."""
@@ -251,7 +255,7 @@ class FunctionEmitter:
         if OPS[node.op].view:
             w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
             return
-        st.out = self.updates.get(nid) or name
+        st.out = name
         st.lines = name_temporaries(self.drafts[nid], [f"B[{b}]" for b in p.scratch.get(nid, [])])
         if nid in self.updates:
             w.line(f"{comment} (update of {', '.join(self.written[nid])}, in place)")
@@ -275,7 +279,7 @@ class FunctionEmitter:
         if nid in self.plan.buffer_of:
             return f"B[{self.plan.buffer_of[nid]}]"
         if nid in self.updates:
-            return f"{self.updates[nid]} (in place)"
+            return f"{self.var[nid]} (in place)"
         if OPS[node.op].view:
             return f"a view of {self.storage(self.plan.storage[nid])}"
         if OPS[node.op].fed:
@@ -322,7 +326,7 @@ class Emitted:
     """
 
     def __init__(self, fe: FunctionEmitter, offset: int):
-        named = fe.graph.names()  # an update written in place is its param's variable in code, new_W1 here
+        named = fe.named  # an update written in place is its param's variable in code, new_W1 here
         self.graph, self.names = fe.graph, {nid: named[nid] for nid in fe.var}
         self.lines = {nid: (offset + a + 1, offset + b) for nid, (a, b) in fe.lines.items()}
         self.storage = {nid: fe.storage(nid) for nid in fe.var}

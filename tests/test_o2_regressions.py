@@ -311,3 +311,78 @@ def test_a_term_multiplied_by_zero_folds_away_and_its_input_still_binds_the_batc
     for level in LEVELS:  # predict's outputs read nothing but x's size: x still binds m
         got = gc.compile(g, opt_level=level, loss="loss").predict(feeds)
         assert rel_error(got["soft"], np.full((2, 3), np.log(2))) <= 1e-12, level
+
+
+def test_an_input_named_like_a_dim_that_predict_does_not_read():
+    """predict reads only ``m`` (the input), not the dim m of ``B``: its function still takes the dim first."""
+    with gc.Graph("input_named_m") as g:
+        b = gc.input("B", (m,), dtype="float64")
+        x = gc.input("m", (2, 1), dtype="float64")
+        y = gc.exp(gc.tanh(x))
+        loss = gc.sum(gc.where(b < x, b, x)) + gc.sum(y)
+        g.output(loss=loss, lr=gc.grad(loss, b), y=y)
+    feeds = {"B": RNG.normal(size=4), "m": RNG.normal(size=(2, 1))}
+    assert_every_level_matches(g, feeds)
+    for level in LEVELS:
+        np.testing.assert_allclose(gc.compile(g, opt_level=level).predict(feeds)["y"], np.exp(np.tanh(feeds["m"])))
+
+
+def test_the_mean_over_a_strided_slice_of_a_symbolic_dim():
+    """1/len(x[::2]) is 1/floor((m + 1)/2): the evaluator and the module count the rows exactly."""
+    with gc.Graph("strided_mean") as g:
+        x = gc.input("x", (m,), dtype="float64")
+        loss = gc.mean(x[1::3])
+        g.output(loss=loss, dx=gc.grad(gc.mean(x[::2]), x))
+    for n in range(2, 9):
+        feeds = {"x": RNG.normal(size=n)}
+        want = np.zeros(n)
+        want[::2] = 1 / len(want[::2])
+        for got in (g.evaluate(feeds), *(gc.compile(g, opt_level=level)(feeds) for level in LEVELS)):
+            np.testing.assert_allclose(got["loss"], feeds["x"][1::3].mean(), rtol=1e-12)
+            np.testing.assert_allclose(got["dx"], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", [gc.SGD(0.1), gc.SGD(0.1, momentum=0.9)], ids=["sgd", "momentum"])
+def test_params_named_like_builtins_and_locals_are_updated_in_place(optimizer):
+    """A param named ``print`` or ``feeds`` is ``print_2`` in the file: the update writes that variable."""
+    with gc.Graph("builtin_names") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        w = gc.param("print", (3,), dtype="float64", init="normal")
+        v = gc.param("feeds", (3,), dtype="float64", init="normal")
+        loss = gc.mean(gc.tanh(x @ w)) + gc.sum(x * v * w)
+        g.output(loss=loss, dw=gc.grad(loss, w), dv=gc.grad(loss, v))
+    feeds = {"x": RNG.normal(size=(4, 3))}
+    for level in LEVELS:
+        program = gc.compile(g, opt_level=level, loss="loss", optimizer=optimizer)
+        params = program.init_params(0)
+        want = g.evaluate({**feeds, **params})
+        before = {k: v.copy() for k, v in params.items()}
+        program.train_step(params, feeds, program.init_state(params))
+        for name, grad in (("print", "dw"), ("feeds", "dv")):  # the first step of momentum SGD is plain SGD
+            np.testing.assert_allclose(params[name], before[name] - 0.1 * want[grad], rtol=1e-12, err_msg=name)
+
+
+def test_an_outer_product_whose_result_has_an_axis_of_size_one():
+    """(m, 1, 1)·(1, 2) is (m, 1, 2): the axis of size 1 is no operand's, so the einsum leaves it out."""
+    with gc.Graph("outer_one") as g:
+        b = gc.input("b", (m, 1, 1), dtype="float64")
+        x = gc.input("x", (1, 2), dtype="float64")
+        y = b * gc.tanh(x)
+        loss = gc.sum(gc.exp(gc.tanh(b))) + gc.sum(y)
+        db, dx = gc.grad(loss, [b, x])
+        g.output(y=y, loss=loss, db=db, dx=dx)
+    feeds = {"b": RNG.normal(size=(3, 1, 1)), "x": RNG.normal(size=(1, 2))}
+    want = assert_every_level_matches(g, feeds)
+    np.testing.assert_allclose(want["y"], feeds["b"] * np.tanh(feeds["x"]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sign", [1, -1], ids=["sum", "difference"])
+def test_an_input_chosen_by_two_maxima_gets_both_gradients(sign):
+    """d/dx of Σ max(x, y) ± Σ max(x, z) is [x ≥ y] ± [x ≥ z]: at -O2 one sum of two masks, counted as numbers."""
+    with gc.Graph("two_maxima") as g:
+        x, y, z = (gc.input(n, (3,), dtype="float64") for n in "xyz")
+        loss = gc.sum(gc.maximum(x, y)) + sign * gc.sum(gc.maximum(x, z))
+        g.output(loss=loss, dx=gc.grad(loss, x))
+    feeds = {"x": np.zeros(3), "y": np.array([-1.0, 1.0, -1.0]), "z": np.array([-1.0, -1.0, 1.0])}
+    want = assert_every_level_matches(g, feeds)
+    np.testing.assert_array_equal(want["dx"], (feeds["x"] > feeds["y"]) + sign * (feeds["x"] > feeds["z"]))

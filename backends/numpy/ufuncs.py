@@ -121,8 +121,11 @@ class UfuncChain:
             subscripts.append("".join(chr(97 + i) for i in axes))
             dims = ", ".join(self.printer.doprint(shape[i]) for i in axes)
             views.append(f"{a}.reshape(({dims}{',' if len(axes) == 1 else ''}))" if len(axes) < len(shape) else a)
-        spec = f"{','.join(subscripts)}->{''.join(chr(97 + i) for i in range(ndim))}"
-        self.lines.append(f"np.einsum({spec!r}, {', '.join(views)}, out={out})")
+        # the result without its axes of size 1 (each output subscript must be an operand's): indexed, a view
+        kept = [i for i, d in enumerate(self.full_shape) if d != 1]
+        target = out if len(kept) == ndim else f"{out}[{', '.join(':' if i in kept else '0' for i in range(ndim))}]"
+        spec = f"{','.join(subscripts)}->{''.join(chr(97 + i) for i in kept)}"
+        self.lines.append(f"np.einsum({spec!r}, {', '.join(views)}, out={target})")
 
     def _outer_rows(self, args: list, out: str) -> bool:
         """``(m, k, 1)·(m, 1, c)`` with rows of at least ``BLAS_ROW`` elements as one BLAS product per example:
@@ -199,14 +202,15 @@ class UfuncChain:
         ops = self._operands(args, out)
         self.emit(ufunc, *ops, out=out)
 
-    def _operands(self, args, out: str) -> list[str]:
+    def _operands(self, args, out: str, masks: bool = True) -> list[str]:
         """Operand texts; the first non-trivial one is computed into ``out``, or where ``out`` is the in-place
-        target, the one that reads it once, after the others."""
+        target, the one that reads it once, after the others. ``masks``: a mask may be its boolean array (as a
+        factor; a sum of two boolean arrays would be their logical or)."""
         if out == self.target:
             return self._target_operands(args, out)
         ops, used_out = [], False
         for a in args:
-            if a in self.names or is_scalar(a) or used_out or _is_mask(a):
+            if a in self.names or is_scalar(a) or used_out or (masks and _is_mask(a)):
                 ops.append(self.operand(a))
             else:
                 self.into(a, out)
@@ -241,20 +245,21 @@ class UfuncChain:
             return self._aside(args, out, op, inverse, split)  # a later term reads what the first two overwrite
         first, first_inverse = terms[0]
         rest = terms[1:]
+        masks = op != "add"  # the first term of a sum is a number, so masks added to it count as 0/1
         if first_inverse:  # every term inverted: start from the constant (0 - x, 1 / x)
             start = const if const is not None else (sympy.S.Zero if op == "add" else sympy.S.One)
-            [b] = self._operands([first], out)
+            [b] = self._operands([first], out, masks)
             self.emit(inverse, self.printer.doprint(start), b, out=out)
             const = None
         elif not rest and const is not None:
-            [a] = self._operands([first], out)
+            [a] = self._operands([first], out, masks)
             self.emit(op, a, self.printer.doprint(const), out=out)
             const = None
         else:
             second, second_inverse = rest.pop(0) if rest else (const, False)
             if rest == [] and second is const:
                 const = None
-            a, b = self._operands([first, second], out)
+            a, b = self._operands([first, second], out, masks)
             self.emit(inverse if second_inverse else op, a, b, out=out)
         for term, inverted in rest:  # ``out`` holds the running result: later terms go to scratch
             self.emit(inverse if inverted else op, out, self.operand(term), out=out)

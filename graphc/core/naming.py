@@ -55,9 +55,11 @@ def stem(graph, node, names: dict) -> str:
     return var or node.op
 
 
-def node_names(graph) -> dict[int, str]:
-    """Every node's name (node id -> identifier): inputs and params first, then the rest in id order."""
-    names = Names([*dim_names(graph.dims()).values(), *getattr(graph, "hypers", ()), *getattr(graph, "scalars", ())])
+def node_names(graph, taken=()) -> dict[int, str]:
+    """Every node's name (node id -> identifier): inputs and params first, then the rest in id order; none is one
+    of ``taken`` (the names of dims that a function reads beside those of the graph's inputs)."""
+    names = Names([*dim_names(graph.dims()).values(), *getattr(graph, "hypers", ()), *getattr(graph, "scalars", ()),
+                   *taken])
     out: dict[int, str] = {}
     for name, nid in graph.fed().items():
         out[nid] = names.fresh(name)

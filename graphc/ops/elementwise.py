@@ -360,6 +360,8 @@ def interpret(expr, values: dict):
         return float(expr)
     if expr is sympy.true or expr is sympy.false:
         return bool(expr)
+    if isinstance(expr, sympy.floor):  # a length of a strided slice, floor((m + 1)/2): exact, in integers
+        return int(expr.subs({s: values[s] for s in expr.free_symbols}))
     parts = [interpret(a, values) for a in expr.args]
     if expr.is_Add:
         return reduce(operator.add, parts)
