@@ -19,7 +19,8 @@ def test_build_writes_the_module_and_says_where(tmp_path, capsys):
     model.write_text(MODEL)
     assert main(["build", str(model), "-o", str(tmp_path / "out"), "-O", "1", "--lr", "0.5"]) == 0
     path = tmp_path / "out" / "tiny_numpy.py"
-    assert f"wrote {path} (run, predict, init_params, init_state, train_step, grad_step, apply_update, save, load)" in capsys.readouterr().out
+    entries = "run, predict, init_params, init_state, train_step, grad_step, apply_update, save, load"
+    assert f"wrote {path} ({entries})" in capsys.readouterr().out
     module = gc.load_module(path)
     assert set(module.init_params(0)) == {"W"} and "opt level 1" in path.read_text()
     assert main(["build", str(model), "-o", str(tmp_path / "out")]) == 0  # its own file: overwritten

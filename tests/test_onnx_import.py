@@ -230,7 +230,7 @@ def test_cli_builds_an_onnx_model_and_its_parameters(tmp_path, capsys):
     onnx.save(proto, path)
     assert main(["build", str(path), "-o", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "dense_numpy.py (run, init_params)" in printed and "dense_params.npz" in printed
+    assert "dense_numpy.py (run, predict, init_params)" in printed and "dense_params.npz" in printed
     module = gc.load_module(tmp_path / "out" / "dense_numpy.py")
     params = dict(np.load(tmp_path / "out" / "dense_params.npz"))
     x = np.ones((2, 4), np.float32)
