@@ -60,6 +60,10 @@ CONV = [
     ((2, 4, 5), (2, 2, 4, 5), 1, 0),
     ((1, 5, 6), (2, 1, 3, 2), (1, 2), ((0, 2), (1, 0))),
     ((2, 5, 5), (1, 2, 3, 3), 3, 2),
+    ((1, 5, 6), (2, 1, 3, 2), 1, ((0, 2), (1, 0))),  # stride 1, uneven frames
+    ((2, 5, 4), (2, 2, 3, 4), 1, ((1, 1), (1, 2))),  # a wider right margin: windows run into the next row
+    ((1, 3, 3), (2, 1, 1, 1), 1, 1),  # margins wider than the kernel: outputs of zeros all around
+    ((2, 4, 3), (2, 2, 2, 2), 1, 2),  # a frame wider than the kernel: no transposed conv of the gradient
 ]
 
 
@@ -172,9 +176,10 @@ def test_max_pool_routes_each_gradient_to_the_first_maximum():
         xi = gc.input("x", (1, 1, 4, 4), dtype="float64")
         y = gc.max_pool2d(xi, 2)
         g.output(y=y, dx=gc.grad(gc.sum(y * gc.const(np.arange(1.0, 5).reshape(1, 1, 2, 2), "float64")), xi))
-    res = g.evaluate({"x": x[None, None]})
-    np.testing.assert_array_equal(res["y"][0, 0], [[3, 3], [5, 2]])
-    np.testing.assert_array_equal(res["dx"][0, 0], [[0, 1, 2, 0], [0, 0, 0, 0], [3, 0, 0, 4], [0, 0, 0, 0]])
+    for res in (g.evaluate({"x": x[None, None]}),
+                *(gc.compile(g, opt_level=level)({"x": x[None, None]}) for level in (0, 1, 2))):
+        np.testing.assert_array_equal(res["y"][0, 0], [[3, 3], [5, 2]])
+        np.testing.assert_array_equal(res["dx"][0, 0], [[0, 1, 2, 0], [0, 0, 0, 0], [3, 0, 0, 4], [0, 0, 0, 0]])
 
 
 def test_overlapping_max_windows_accumulate():
