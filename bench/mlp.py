@@ -34,6 +34,7 @@ import tracemalloc  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from measure import profile_statements  # noqa: E402 - bench/ is the script's folder
 
 import graphc as gc  # noqa: E402
 
@@ -391,31 +392,6 @@ def compile_times(depths):
         rows.append((depth, time.perf_counter() - t0))
         print(f"  compile depth {depth:4d}: {rows[-1][1]:.2f} s", flush=True)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------------------- profile
-def profile_statements(program, params, batch, steps):
-    """Seconds per call spent in each statement of the generated _train function (timers between statements)."""
-    import ast
-    tree = ast.parse(program.source)
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_train")
-    lines = program.source.splitlines()
-    body, labels = [], []
-    for i, stmt in enumerate(fn.body):
-        labels.append(lines[stmt.lineno - 1].strip())
-        body.append(stmt)
-        if not isinstance(stmt, ast.Return):
-            body += ast.parse(f"_T[{i}] += _pc() - _t0\n_t0 = _pc()").body
-    fn.body = ast.parse("_t0 = _pc()").body + body
-    namespace = {"_pc": time.perf_counter, "_T": [0.0] * len(labels)}
-    exec(compile(ast.fix_missing_locations(tree), "<graphc profiled>", "exec"), namespace)  # noqa: S102
-    p = {k: v.copy() for k, v in params.items()}
-    for _ in range(3):
-        namespace["train_step"](p, batch)
-    namespace["_T"][:] = [0.0] * len(labels)
-    for _ in range(steps):
-        namespace["train_step"](p, batch)
-    return [(t / steps, label) for t, label in zip(namespace["_T"], labels)]
 
 
 # ------------------------------------------------------------------------------------------------------------ report
