@@ -25,15 +25,18 @@ class Names:
 
     def __init__(self, taken=()):
         self.used = set(RESERVED) | set(taken)
+        self.suffix: dict[str, int] = {}  # base -> the suffix last given: every smaller one is taken
 
     def fresh(self, wanted: str) -> str:
         base = re.sub(r"\W", "_", wanted) or "v"
         if base[0].isdigit():
             base = "v" + base
-        name, k = base, 1
+        k = self.suffix.get(base, 1)
+        name = base if k == 1 else f"{base}_{k}"
         while name in self.used or keyword.iskeyword(name):
             k += 1
             name = f"{base}_{k}"
+        self.suffix[base] = k
         self.used.add(name)
         return name
 
@@ -44,11 +47,11 @@ def dim_names(dims) -> dict:
     return {d: names.fresh(d.name) for d in dims}
 
 
-def stem(graph, node, names: dict) -> str:
-    """What an unnamed node is called, from what it computes; ``names`` holds its inputs' names."""
-    update = {nid: param for param, nid in getattr(graph, "updates", {}).items()}
-    if node.id in update:
-        return f"new_{update[node.id]}"
+def stem(graph, node, names: dict, updated: dict) -> str:
+    """What an unnamed node is called, from what it computes; ``names`` holds its inputs' names, ``updated`` maps
+    the new value of a param to the param's name."""
+    if node.id in updated:
+        return f"new_{updated[node.id]}"
     var = OPS[node.op].var
     if callable(var):
         return var(node, [graph.nodes[i] for i in node.inputs], names)
@@ -63,10 +66,11 @@ def node_names(graph, taken=()) -> dict[int, str]:
     out: dict[int, str] = {}
     for name, nid in graph.fed().items():
         out[nid] = names.fresh(name)
+    updated = {nid: param for param, nid in getattr(graph, "updates", {}).items()}
     for nid in graph.order():
         if nid not in out:
             node = graph.nodes[nid]
-            out[nid] = names.fresh(node.name or stem(graph, node, out))
+            out[nid] = names.fresh(node.name or stem(graph, node, out, updated))
     return out
 
 
