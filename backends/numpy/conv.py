@@ -4,9 +4,9 @@ for pooling (written against the array module's API, ``st.xp``).
 A stride-1 convolution reads its windows along whole padded rows: with the image framed by zeros and flattened,
 the window at kernel offset (a, b) of every output position is one contiguous run ``a·Wp + b : … + OH·Wp`` (the
 outputs in the frame's margin are computed and dropped; a row keeps one margin, the right one being the next row's
-left). Copying runs of OH·Wp elements instead of rows of
-OW is what makes im2col cheap on small images; the input gradient is then the same convolution of the gradient
-against the flipped kernel, so no overlapping adds are needed."""
+left). Copying runs of OH·Wp elements instead of rows of OW is what makes im2col cheap on small images; the input
+gradient is then the same convolution of the gradient against the flipped kernel, so no overlapping adds are
+needed."""
 from __future__ import annotations
 
 import sympy
@@ -128,14 +128,13 @@ def _conv2d_weight_grad(st):
     k = shape[1] * kernel[0] * kernel[1]
     if _stride_one(st):  # windows along padded rows; the gradient is 0 at the outputs in the frame's margin
         cols, wp, _ = _row_windows(st, x, shape, kernel, n.attr("padding"))
-        g_rows = st.scratch(n.dtype, (o, m, oh, wp))
-        st.line(f"{g_rows}[:, :, :, {ow}:] = 0")
-        st.line(f"{st.xp}.copyto({g_rows}[:, :, :, :{ow}], {g}.transpose(1, 0, 2, 3))")
-        st.line(f"{st.xp}.matmul({g_rows}.reshape({o}, -1), {cols}.reshape({k}, -1).T, out={st.out}.reshape({o}, {k}))")
-        return
-    cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow), batch_major=False)
-    g_t = st.scratch(st.node.dtype, (o, m, oh, ow))
-    st.line(f"{st.xp}.copyto({g_t}, {g}.transpose(1, 0, 2, 3))")
+        g_t = st.scratch(n.dtype, (o, m, oh, wp))
+        st.line(f"{g_t}[:, :, :, {ow}:] = 0")
+        st.line(f"{st.xp}.copyto({g_t}[:, :, :, :{ow}], {g}.transpose(1, 0, 2, 3))")
+    else:
+        cols = _im2col(st, x, shape, kernel, n.attr("stride"), n.attr("padding"), (oh, ow), batch_major=False)
+        g_t = st.scratch(n.dtype, (o, m, oh, ow))
+        st.line(f"{st.xp}.copyto({g_t}, {g}.transpose(1, 0, 2, 3))")
     st.line(f"{st.xp}.matmul({g_t}.reshape({o}, -1), {cols}.reshape({k}, -1).T, out={st.out}.reshape({o}, {k}))")
 
 
@@ -149,7 +148,7 @@ def _conv2d_input_grad(st):
     stride, ((top, bottom), (left, right)) = n.attr("stride"), n.attr("padding")
     k, p = c * kh * kw, oh * ow
     full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))  # the frame of the transposed conv
-    if tuple(stride) == (1, 1) and min(min(full[0]), min(full[1])) >= 0:
+    if _stride_one(st) and min(min(full[0]), min(full[1])) >= 0:
         # the convolution of the gradient, framed by kernel − 1 − padding, with the kernel flipped and transposed
         flipped = st.scratch(n.dtype, (c, o, kh, kw))
         st.line(f"{st.xp}.copyto({flipped}, {w}.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])")
