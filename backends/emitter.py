@@ -169,6 +169,7 @@ class FunctionEmitter:
         self.names = Names([*module.dim_vars.values(), *graph.hypers, *graph.scalars, *named.values()])  # locals
         self.draws = any(OPS[graph.nodes[n].op].source == "random" for n in needed)  # takes the call number
         keep = set(graph.outputs.values()) | set(self.deferred)
+        self.inlined = module.inlined(graph, needed - keep - set(self.updates))  # computed inside their readers
         self.drafts: dict[int, list[str]] = {}
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
                          scratch_for=self._scratch_needs)
@@ -176,7 +177,7 @@ class FunctionEmitter:
     def _computed(self, node) -> bool:
         """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""
         op = OPS[node.op]
-        return not op.view and not op.given
+        return not op.view and not op.given and node.id not in self.inlined
 
     def _needs_buffer(self, node) -> bool:
         return self._computed(node) and node.id not in self.updates
@@ -251,6 +252,9 @@ class FunctionEmitter:
             w.line(f"{name} = {self.module.constant(node)}  {comment}")
             return
         self._check_classes(w, node)
+        if nid in self.inlined:
+            w.line(f"# {name} = {self.describe(node)}: read inside the kernels that use it")
+            return
         st = Statement(self, node, None, [f"B[{b}]" for b in p.scratch.get(nid, [])])
         if OPS[node.op].view:
             w.line(f"{name} = {self.module.LOWERINGS[node.op](st)}  {comment}")
@@ -382,6 +386,11 @@ class ModuleEmitter:
     def numerics_end(self) -> str:
         """The statement closing a function's checks, before any param is written."""
         return ""
+
+    def inlined(self, graph, candidates) -> set:
+        """Of ``candidates`` (nodes no output or update keeps), those the backend computes inside each reader's
+        statement rather than on their own."""
+        return set()
 
     def class_check(self, labels: str, classes: str, name: str) -> str:
         """The statement checking that the class ids ``labels`` lie in 0 … classes − 1."""

@@ -86,7 +86,7 @@ def costs(cp, build) -> dict:
     program.train_step(params, batch)
     with cp.emulation.counting() as step:
         program.train_step(params, batch)
-    trained, _ = optimize(training_graph(g, "loss", optimizer))
+    trained, _ = optimize(training_graph(g, "loss", optimizer), backend="cupy")
     return {**step, "nodes": len(trained.needed(trained.roots()))}
 
 

@@ -132,15 +132,16 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     graph.check_dims()
     if optimizer is not None and loss is None:
         loss = "loss"
-    optimized, records = optimize(without_updates(graph), opt_level, disable)
+    optimized, records = optimize(without_updates(graph), opt_level, disable, backend)
     trained, train_records, sharded = None, [], None
     if loss is not None:
         late = ("fuse_updates",) if check_numerics else ()  # every new value is checked before any is written
         optimizer = optimizer or SGD()
-        trained, train_records = optimize(training_graph(graph, loss, optimizer), opt_level, (*disable, *late))
-        sharded = sharded_graphs(graph, loss, optimizer, opt_level, (*disable, *late))
+        trained, train_records = optimize(training_graph(graph, loss, optimizer), opt_level, (*disable, *late),
+                                           backend)
+        sharded = sharded_graphs(graph, loss, optimizer, opt_level, (*disable, *late), backend)
     names = prediction_outputs(graph, loss or "loss") if predict is None else list(predict)
-    predicted = _prediction_graph(without_updates(graph), optimized, names, opt_level, disable)
+    predicted = _prediction_graph(without_updates(graph), optimized, names, opt_level, disable, backend)
     emitter = BACKENDS[backend](optimized, trained, opt_level, check_numerics=check_numerics, predict_graph=predicted,
                                 sharded=sharded)
     program = Program(graph, backend, emitter.source(), records, train_records, emitter.emitted)
@@ -148,7 +149,7 @@ def compile(graph, backend: str = "numpy", opt_level: int = 2, loss: str | None 
     return program
 
 
-def sharded_graphs(graph, loss: str, optimizer, opt_level: int, disable) -> tuple:
+def sharded_graphs(graph, loss: str, optimizer, opt_level: int, disable, backend: str = "numpy") -> tuple:
     """``(grad_step's graph, apply_update's graph)``, optimized; in place of grad_step's, the GraphError saying why
     it is refused where the loss is not a sum over the examples (the file then has no grad_step, and says why)."""
     try:
@@ -156,8 +157,8 @@ def sharded_graphs(graph, loss: str, optimizer, opt_level: int, disable) -> tupl
     except GraphError as exc:
         grads = exc
     else:
-        grads, _ = optimize(grads, opt_level, disable)
-    update, _ = optimize(update_graph(graph, optimizer), opt_level, disable)
+        grads, _ = optimize(grads, opt_level, disable, backend)
+    update, _ = optimize(update_graph(graph, optimizer), opt_level, disable, backend)
     return grads, update
 
 
@@ -170,12 +171,12 @@ def without_updates(graph):
     return new
 
 
-def _prediction_graph(graph, optimized, names, opt_level: int, disable):
+def _prediction_graph(graph, optimized, names, opt_level: int, disable, backend: str):
     """What predict computes: the optimized graph's own nodes for ``names``, or where dropout reaches them, the
     graph in inference mode optimized on its own (so the masks, now 1, fold away)."""
     if not names:
         return None
     check_predicts(graph, names)
     if changes_in_inference(graph, names):
-        return optimize(inference_graph(graph, names), opt_level, disable)[0]
+        return optimize(inference_graph(graph, names), opt_level, disable, backend)[0]
     return inference_graph(optimized, names, reads=inputs_read(graph, names))

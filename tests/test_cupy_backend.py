@@ -61,7 +61,10 @@ def kernels(source):
         call = getattr(stmt, "value", None)
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr.endswith("Kernel"):
             args = [a.value for a in call.args]
-            preamble = {k.arg: k.value.value for k in call.keywords}.get("preamble", "")
+            keywords = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+            preamble = keywords.get("preamble", "")
+            if "reduce_type" in keywords:
+                preamble += f"\ntypedef {keywords['reduce_type']} _type_reduce;"
             found.append((call.func.attr, stmt.targets[0].id, args, preamble))
     return found
 
@@ -88,9 +91,13 @@ def harness(tag, kind, args, preamble, t="double"):
     stores = " ".join(f"*{n}_out = {n};" for raw, c, n in outs if not raw)
     if kind == "ElementwiseKernel":
         body = f"const ptrdiff_t i = threadIdx.x; {loads} {args[2]} {stores}"
-    else:
+    else:  # one element mapped, reduced with the identity, the result written by the post-map
         (_, c, n), = outs
-        body = f"*{n}_out = ({c})({args[2]});"
+        own = "" if "_type_reduce;" in preamble else f"typedef {c} _type_reduce; "
+        body = (f"{own}_type_reduce _s = _type_reduce({args[5]}); "
+                f"_type_reduce _m = static_cast<_type_reduce>({args[2]}); "
+                f"{{ _type_reduce a = _s, b = _m; _s = ({args[3]}); }} {loads} "
+                f"{{ _type_reduce a = _s; {args[4]}; }} {stores}")
     return (f"namespace {tag}_ {{ typedef {t} T;\n{preamble}\n"  # T per kernel; an unmangled entry name
             f"extern \"C\" __global__ void {tag}({', '.join(params)}) {{ {body} }} }}\n")
 
@@ -149,7 +156,7 @@ def compiled_kernels(tmp_path, graphs):
     ptx = tmp_path / "kernels.ptx"
     done = subprocess.run([nvcc, "--ptx", "-diag-suppress", "177", str(path), "-o", str(ptx)], capture_output=True,
                           text=True, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "error" in l)[:4000]
     text = ptx.read_text()
     return {unique: (text.split(f".entry {unique}")[1].split(".entry ")[0], single)
             for unique, (_, single) in units.items()}

@@ -102,7 +102,7 @@ def step_costs(cp, name):
     program.train_step(params, batch)
     with cp.emulation.counting() as step:
         program.train_step(params, batch)
-    trained, _ = optimize(training_graph(g, "loss", optimizer))
+    trained, _ = optimize(training_graph(g, "loss", optimizer), backend="cupy")
     step["class_checks"] = program.source.split("def _train(")[1].split("\ndef ")[0].count("_count_outside(")
     return step, len(trained.needed(trained.roots()))
 
@@ -123,6 +123,87 @@ def test_gpu_steady_state_step_allocates_nothing_and_never_waits_on_the_host(nam
 def test_gpu_step_runs_at_most_one_device_operation_per_graph_node(name):
     step, nodes = step_costs(cupy_or_skip(), name)
     assert step["device_ops"] <= nodes, f"{step['device_ops']} device operations for {nodes} nodes: {step}"
+
+
+def xent_step(cp, per_example: bool):
+    """A training step of softmax cross-entropy on linear logits, traced: (trace, program, params, batch)."""
+    with gc.Graph("xent") as g:
+        x, t = gc.input("x", (m, 5), dtype="float32"), gc.input("t", (m,), dtype="int64")
+        W = gc.param("W", (5, 7), dtype="float32", init="glorot_uniform")
+        losses = gc.softmax_cross_entropy(x @ W, t)
+        g.output(loss=gc.mean(losses), **({"losses": losses} if per_example else {}))
+    program = gc.compile(g, backend="cupy", loss="loss", optimizer=gc.SGD(0.1))
+    params = program.init_params(seed=0)
+    batch = {"x": cp.asarray(np.random.default_rng(0).random((6, 5), dtype=np.float32)), "t": cp.arange(6) % 7}
+    program.train_step(params, batch)
+    with cp.emulation.counting(trace=True) as step:
+        program.train_step(params, batch)
+    return step["trace"], g, program
+
+
+@pytest.mark.gpu
+def test_gpu_softmax_cross_entropy_forward_and_backward_take_three_kernels():
+    """A row-wise log-sum-exp, the mean of lse − z[t] (the label's logit read inside it), the gradient
+    exp(z − lse) − onehot(t): besides them the step runs its two matmuls, the update and the check of the labels."""
+    cp = cupy_or_skip()
+    if not hasattr(cp, "emulation"):
+        pytest.skip("device counters exist on the emulated GPU only")
+    trace, _, program = xent_step(cp, per_example=False)
+    ops = [e.split(": ", 1)[1] for e in trace if e.split(":")[0] in cp.emulation.OPS]
+    others = [op for op in ops if op not in ("matmul", "_count_outside") and "update" not in op]
+    assert len(ops) == len(others) + 4 and len(others) == 3, ops
+    assert "_pick(" not in program.source.split("def _train(")[1]
+
+
+@pytest.mark.gpu
+def test_gpu_per_example_losses_read_the_labels_logits_inside_their_kernel():
+    cp = cupy_or_skip()
+    _, g, program = xent_step(cp, per_example=True) if hasattr(cp, "emulation") else (None, None, None)
+    if program is None:
+        pytest.skip("device counters exist on the emulated GPU only")
+    feeds = {"x": np.random.default_rng(1).random((6, 5), dtype=np.float32), "t": np.arange(6) % 7,
+             "W": program.init_params(seed=3)["W"]}
+    got = program({k: cp.asarray(v) for k, v in feeds.items()})
+    want = g.evaluate({k: cp.asnumpy(v) for k, v in feeds.items()})
+    for name in ("loss", "losses"):
+        np.testing.assert_allclose(cp.asnumpy(got[name]), want[name], rtol=1e-5)
+    with pytest.raises(ValueError, match="outside 0..6"):
+        program({**{k: cp.asarray(v) for k, v in feeds.items()}, "t": cp.asarray(np.arange(6) + 3)})
+
+
+@pytest.mark.gpu
+def test_gpu_cross_entropy_weighted_per_example_scales_each_rows_gradient():
+    """The gradient kernel's scale reads the weights (inputs after the labels), not the logits."""
+    cp = cupy_or_skip()
+    with gc.Graph("weighted") as g:
+        z, t = gc.input("z", (m, 3), dtype="float64"), gc.input("t", (m,), dtype="int64")
+        w = gc.input("w", (m,), dtype="float64")
+        loss = gc.sum(gc.softmax_cross_entropy(z, t) * w)
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    rng = np.random.default_rng(0)
+    feeds = {"z": rng.normal(size=(4, 3)), "t": np.array([0, 2, 1, 2]), "w": rng.normal(size=4)}
+    got = gc.compile(g, backend="cupy")({k: cp.asarray(v) for k, v in feeds.items()})
+    np.testing.assert_allclose(cp.asnumpy(got["dz"]), g.evaluate(feeds)["dz"], rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_logsumexp_is_one_pass_and_agrees_at_the_extremes(dtype):
+    """Rows of huge, tiny, equal, infinite and NaN values against the evaluator (itself checked against SciPy's
+    definition in test_extremes)."""
+    cp = cupy_or_skip()
+    rows = np.array([[1e30, -1e30, 0, 3], [-1e30, -1e30, -1e30, -1e30], [5, 5, 5, 5], [np.inf, 1, 2, 3],
+                     [-np.inf, -np.inf, -np.inf, -np.inf], [np.nan, 1, 2, 3], [88, 89, 90, -90], [-3, 0.5, 2, 1e-8]],
+                    dtype=dtype)
+    with gc.Graph("lse") as g:
+        x = gc.input("x", (m, 4), dtype=dtype)
+        g.output(rows=gc.logsumexp(x, axis=1), cols=gc.logsumexp(x[:, 1:], axis=0, keepdims=True))
+    program = gc.compile(g, backend="cupy")
+    assert program.source.split("def _compute(")[1].split("\ndef ")[0].count("_logsumexp(") == 2
+    with np.errstate(divide="ignore"):  # log 0 of the row of -inf
+        got, want = program({"x": cp.asarray(rows)}), g.evaluate({"x": rows})
+    for name in want:
+        np.testing.assert_allclose(cp.asnumpy(got[name]), want[name], rtol=1e-6 if dtype == "float32" else 1e-13)
 
 
 @pytest.mark.gpu

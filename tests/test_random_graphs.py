@@ -33,6 +33,8 @@ import graphc as gc
 from graphc.core import shapes
 from graphc.transforms.gradcheck import numeric_grad, rel_error
 
+from helpers import cupy_or_skip
+
 DEFAULT_EXAMPLES = int(os.environ.get("GRAPHC_HYPOTHESIS_EXAMPLES", "150"))
 SLOW_EXAMPLES = int(os.environ.get("GRAPHC_HYPOTHESIS_EXAMPLES", "2000"))
 
@@ -1075,6 +1077,27 @@ def test_random_graphs(case, seed, train_level):
 @given(random_graphs(), st.integers(0, 2**16), st.integers(0, 2))
 def test_random_graphs_many(case, seed, train_level):
     check_case(case, seed, train_level)
+
+
+def check_cupy(cp, case: Case, seed: int) -> None:
+    """The CuPy module of every opt level gives the evaluator's outputs (the feeds on the device)."""
+    note(case.describe(seed))
+    if "labels_out_of_range" in case.b.categories:
+        return
+    feeds = feeds_for(case, seed)
+    expected = case.graph.evaluate(feeds)
+    for level in (0, 1, 2):
+        got = gc.compile(case.graph, backend="cupy", opt_level=level)({k: cp.asarray(v) for k, v in feeds.items()})
+        compare({k: cp.asnumpy(v) for k, v in got.items()}, expected, case.dtype, f"CuPy -O{level}")
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@settings(max_examples=max(1, SLOW_EXAMPLES // 20), **SETTINGS)
+@given(random_graphs(), st.integers(0, 2**16))
+def test_random_graphs_on_the_gpu(case, seed):
+    check_cupy(cupy_or_skip(), case, seed)
 
 
 def test_every_category_is_one_the_builder_reports():

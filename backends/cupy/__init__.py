@@ -10,7 +10,7 @@ from graphc.backends import emitter
 from graphc.backends.codewriter import CodeWriter, Names
 from graphc.backends.cupy import conv  # noqa: F401 - registers the conv and pooling kernels
 from graphc.backends.cupy.kernels import C_TYPES, OUTSIDE, Kernel
-from graphc.backends.cupy.lowering import LOWERINGS
+from graphc.backends.cupy.lowering import LOWERINGS, gathered_picks
 from graphc.backends.cupy.runtime import _check_classes, _check_finite, _device, _finite, _write_back
 from graphc.backends.numpy.printer import NumPyScalarPrinter
 from graphc.dsl import STEP_COUNTER
@@ -61,6 +61,9 @@ class ModuleEmitter(emitter.ModuleEmitter):
 
     def numerics_end(self) -> str:
         return "_check_finite(_checks)"
+
+    def inlined(self, graph, candidates) -> set:
+        return gathered_picks(graph, candidates)
 
     def class_check(self, labels: str, classes: str, name: str) -> str:
         """Counted on the device by one reduction; only its result is read back."""

@@ -24,38 +24,46 @@ class Kernel:
     body: str  # elementwise: the loop body; reduction: the map function's body (assigns y)
     out_ctype: str
     post: str = "a"  # reduction: the result from the sum ``a`` (a mean's 1/m rides here)
+    gathers: tuple = ()  # (name, C index) of the raw inputs read at one element each
 
     def arguments(self) -> list[tuple[str, str]]:
         """(cupy type, name) of every input parameter."""
-        return [tuple(p.split()) for p in self.in_params.split(", ")]
+        return [tuple(p.split()[-2:]) for p in self.in_params.split(", ")]
 
     def definition(self, name: str) -> list[str]:
         if self.kind == "elementwise":
             return [f"{name} = cp.ElementwiseKernel(", f"    {self.in_params!r}, {self.out_params!r},",
                     f"    {self.body!r},", f"    {name!r})"]
         args = ", ".join(f"{C_TYPES[t]} {n}" for t, n in self.arguments())
-        call = f"{name}_map({', '.join(n for _, n in self.arguments())})"
+        index = dict(self.gathers)  # a raw input reaches the map function as the one element it reads
+        call = f"{name}_map({', '.join(f'{n}[{index[n]}]' if n in index else n for _, n in self.arguments())})"
         preamble = f"__device__ {self.out_ctype} {name}_map({args}) {{ {self.out_ctype} y; {self.body} return y; }}"
         return [f"{name} = cp.ReductionKernel(", f"    {self.in_params!r}, {self.out_params!r},",
                 f"    {call!r}, 'a + b', {'y = ' + self.post!r}, '0', {name!r},", f"    preamble={preamble!r})"]
 
 
-def kernel_for(kind: str, expr, in_dtypes, out_dtype: str, post=1) -> tuple[Kernel, list]:
+def kernel_for(kind: str, expr, in_dtypes, out_dtype: str, post=1, gathers=None) -> tuple[Kernel, list]:
     """The kernel computing ``expr`` over inputs of ``in_dtypes``, and the scalars (dims, hyper-parameters) it
     takes after them, in order. Parameter names are generated (``x0``…, ``s0``…), never the user's: a dim named
     ``i``, ``y`` or ``int`` must not reach C. Scalars come in the kernel's own type, so ``1/m`` divides as numbers
-    and a float32 kernel computes in float32."""
+    and a float32 kernel computes in float32. ``gathers`` maps an input to the C index (over the other inputs) at
+    which it is read as a raw array: ``x0[x3 * 10 + x4]``, a row's label logit."""
+    gathers = {f"x{k}": index for k, index in (gathers or {}).items()}
     work = work_dtype(expr, list(in_dtypes))
     free = expr.free_symbols | sympy.sympify(post).free_symbols
     scalars = sorted((s for s in free if arg_index(s) is None), key=lambda s: s.name)
     names = {s: f"x{arg_index(s)}" for s in expr.free_symbols if arg_index(s) is not None}
     names.update({s: f"s{k}" for k, s in enumerate(scalars)})
     scalar_type = work if is_float(work) else "int64"
-    params = [f"{t} x{i}" for i, t in enumerate(in_dtypes)] + [f"{scalar_type} s{k}" for k in range(len(scalars))]
+    params = [f"{'raw ' * (f'x{i}' in gathers)}{t} x{i}" for i, t in enumerate(in_dtypes)]
+    params += [f"{scalar_type} s{k}" for k in range(len(scalars))]
+    if kind == "elementwise":  # a reduction's map function takes the element itself
+        names.update({s: f"{name}[{gathers[name]}]" for s, name in names.items() if name in gathers})
     printer = CudaPrinter(names, C_TYPES[work])
     body = " ".join(printer.statements(expr, "y", C_TYPES[out_dtype]))
     after = "a" if post == 1 else printer.doprint(sympy.Symbol("a") * post)
-    kernel = Kernel(kind, ", ".join(params), f"{out_dtype} y", body, C_TYPES[out_dtype], after)
+    kernel = Kernel(kind, ", ".join(params), f"{out_dtype} y", body, C_TYPES[out_dtype], after,
+                    tuple(sorted(gathers.items())))
     return kernel, scalars
 
 

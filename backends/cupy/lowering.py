@@ -18,11 +18,37 @@ LOWERINGS = Lowerings(NUMPY_LOWERINGS)
 def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1) -> str:
     """Registers the kernel for ``expr`` (over the node's inputs, or ``args`` of ``dtypes``; a reduction's result
     times ``post``) with the module; returns the call's argument list text."""
-    args = st.args if args is None else args
-    dtypes = [st.fn.graph.nodes[i].dtype for i in st.node.inputs] if dtypes is None else dtypes
-    kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype, post)
+    gathers = {}
+    if args is None:
+        args, dtypes = list(st.args), [st.fn.graph.nodes[i].dtype for i in st.node.inputs]
+        for k, nid in enumerate(st.node.inputs):
+            if nid in st.fn.inlined:  # a pick: the logits go in raw, read at row·classes + label
+                gathers[k] = _gather(st, k, args, dtypes)
+    kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype, post, gathers)
     name = st.module.kernel(kernel, kernel_label(expr, st.node.phase))
     return f"{name}({', '.join([*args, *(st.fn.dim_names.get(s, s.name) for s in scalars)])}"
+
+
+def gathered_picks(graph, candidates) -> set:
+    """The picks (a row's label logit) read inside the kernels that use them, at their index in the logits: no
+    launch or buffer of their own. Where each reader is a kernel and the class count a number."""
+    def gathered(nid):
+        node = graph.nodes[nid]
+        readers = [graph.nodes[r] for r in graph.consumers(nid)]
+        return node.op == "pick" and isinstance(graph.nodes[node.inputs[0]].shape[-1], (int, sympy.Integer)) \
+            and bool(readers) and all(r.op in ("ew", "sum_ew") for r in readers)
+    return {nid for nid in candidates if gathered(nid)}
+
+
+def _gather(st, k: int, args: list, dtypes: list) -> str:
+    """Puts the logits of input ``k`` (a pick) in its place and its row numbers and labels (laid out in its shape)
+    after the inputs; returns the C index of the label's logit."""
+    pick = st.input(k)
+    z, t = (st.fn.graph.nodes[i] for i in pick.inputs)
+    args[k], dtypes[k] = st.fn.var[z.id], z.dtype
+    args += [st.fn.rows(pick.shape), f"{st.fn.var[t.id]}.reshape({st.dims(pick.shape)})"]
+    dtypes += ["int64", "int64"]
+    return f"x{len(args) - 2} * {z.shape[-1]} + x{len(args) - 1}"
 
 
 @LOWERINGS.register("ew")
@@ -72,13 +98,42 @@ def _pick(st):
     st.line(f"{name}({z}, {t}.reshape({rows}), {st.fn.arange(classes)}, {st.value(classes)}, {st.out})")
 
 
+# log Σ exp(x) in one pass: each thread keeps a running maximum and the sum of exp(x − maximum), rescaled when the
+# maximum grows (equal maxima, infinite ones too, add their sums; a NaN spreads)
+LOGSUMEXP = Fixed(
+    "{name} = cp.ReductionKernel(\n"
+    "    'T x', 'T y', '_lse_of(x)', '_lse_join(a, b)', 'y = a.peak + log(a.total)', '', '{name}',\n"
+    "    reduce_type='_lse_acc<T>', preamble=(\n"
+    "        'template <typename U> struct _lse_acc {{ U peak; U total; }};\\n'\n"
+    "        'template <typename U> __device__ _lse_acc<U> _lse_of(U x) {{ _lse_acc<U> r = {{x, 1}}; return r; }}\\n'\n"
+    "        'template <typename U> __device__ _lse_acc<U> _lse_join(_lse_acc<U> a, _lse_acc<U> b) {{\\n'\n"
+    "        '  if (a.total == 0) return b;\\n'\n"
+    "        '  if (b.total == 0) return a;\\n'\n"
+    "        '  if (a.peak == b.peak) {{ a.total += b.total; return a; }}\\n'\n"
+    "        '  if (a.peak < b.peak) {{ _lse_acc<U> c = a; a = b; b = c; }}\\n'\n"
+    "        '  a.total += b.total * exp(b.peak - a.peak);\\n'\n"
+    "        '  return a;\\n'\n"
+    "        '}}\\n'))")
+
+
+@LOWERINGS.register("logsumexp")
+def _logsumexp(st):
+    """One ReductionKernel (NumPy's lowering takes six passes)."""
+    n = st.node
+    axes = n.attr("axes")
+    name = st.module.kernel(LOGSUMEXP, "_logsumexp")
+    axis = axes[0] if len(axes) == 1 else axes
+    st.line(f"{name}({st.args[0]}, axis={axis!r}, keepdims={n.attr('keepdims')}, out={st.out})")
+
+
 @LOWERINGS.register("softmax_xent_grad")
 def _softmax_xent_grad(st):
-    """(e/s − onehot(t))·scale in one kernel over the logits' shape."""
+    """(e/s − onehot(t))·scale, or (exp(z − lse) − onehot(t))·scale, in one kernel over the logits' shape."""
     n = st.node
     e, s, t, *rest = st.args
-    shift = {arg(i + 2): arg(i + 4) for i in range(len(rest))}
-    expr = (arg(0) / arg(1) - Where(sympy.Eq(arg(2), arg(3)), 1, 0)) * n.attr("scale").xreplace(shift)
+    shift = {arg(i): arg(i + 4) for i in range(len(rest))}  # the scale reads the inputs after t
+    softmax = sympy.exp(arg(0) - arg(1)) if n.attr("log") else arg(0) / arg(1)
+    expr = (softmax - Where(sympy.Eq(arg(2), arg(3)), 1, 0)) * n.attr("scale").xreplace(shift)
     rows = st.dims((*st.input(2).shape, 1))
     args = [e, s, f"{t}.reshape({rows})", st.fn.arange(n.shape[-1]), *rest]
     dtypes = [st.input(0).dtype, st.input(1).dtype, "int64", "int64", *(st.input(3 + k).dtype

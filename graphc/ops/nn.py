@@ -158,20 +158,23 @@ def _xent_grad_infer(nodes, attrs):
     return nodes[0].shape, nodes[0].dtype
 
 
-def _xent_grad_impl(node, env, e, s, t, *rest):
+def _xent_grad_impl(node, env, a, b, t, *rest):
     values = {arg(i): r for i, r in enumerate(rest)}
     values.update(env)
-    onehot = (t[..., None] == np.arange(e.shape[-1])).astype(e.dtype)
-    return ((e / s - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
+    onehot = (t[..., None] == np.arange(a.shape[-1])).astype(a.dtype)
+    softmax = np.exp(a - b) if node.attr("log") else a / b
+    return ((softmax - onehot) * interpret(node.attr("scale"), values)).astype(node.dtype)
 
 
 def _describe_xent_grad(node, names) -> str:
-    e, s, t, *rest = (names[i] for i in node.inputs)
-    return f"({e}/{s} - onehot({t}))·{expression(node.attr('scale'), rest)}"
+    a, b, t, *rest = (names[i] for i in node.inputs)
+    softmax = f"exp({a} - {b})" if node.attr("log") else f"{a}/{b}"
+    return f"({softmax} - onehot({t}))·{expression(node.attr('scale'), rest)}"
 
 
-# (softmax(z) − onehot(t))·scale, with softmax(z) = e/s given as e = exp(z − max z) and its row sums s: the forward
-# pass computes both, so the gradient costs no exponential of its own.
+# (softmax(z) − onehot(t))·scale, with softmax(z) given as e/s (e = exp(z − max z) and its row sums s: the forward
+# pass computes both, so the gradient costs no exponential of its own) or, with ``log``, as exp(z − lse) (a GPU
+# recomputes the exponentials in the gradient's own pass rather than keep them in memory).
 defop("softmax_xent_grad", infer=_xent_grad_infer, impl=_xent_grad_impl, var="dlogits",
       class_ids=lambda node, ins: [(2, ins[0].shape[-1])], describe=_describe_xent_grad)
 

@@ -20,6 +20,7 @@ from graphc.passes.fuse_reductions import fuse_reductions
 from graphc.passes.fuse_softmax_xent import fuse_softmax_xent
 from graphc.passes.fuse_softmax_xent_grad import fuse_softmax_xent_grad
 from graphc.passes.fuse_updates import fuse_updates
+from graphc.passes.rowwise_softmax_xent import rowwise_softmax_xent
 from graphc.passes.scale import scale
 from graphc.passes.simplify import simplify
 
@@ -40,7 +41,9 @@ PIPELINE = [
     (dce, 1),
     (fuse_updates, 2),
 ]
-PASS_NAMES = sorted({p.__name__ for p, _ in PIPELINE})
+# where a backend computes differently: the pass it runs in place of the pipeline's
+INSTEAD = {"cupy": {expand_softmax_xent: rowwise_softmax_xent}}
+PASS_NAMES = sorted({p.__name__ for p, _ in PIPELINE} | {p.__name__ for i in INSTEAD.values() for p in i.values()})
 
 
 @dataclass
@@ -61,16 +64,17 @@ class Rewrites(list):
         self.append(text)
 
 
-def optimize(graph: Graph, opt_level: int = 2, disable=()) -> tuple[Graph, list[PassRecord]]:
-    """Run the pipeline at ``opt_level`` (0, 1, 2), skipping passes named in ``disable``."""
+def optimize(graph: Graph, opt_level: int = 2, disable=(), backend: str = "numpy") -> tuple[Graph, list[PassRecord]]:
+    """Run the pipeline at ``opt_level`` (0, 1, 2) for ``backend``, skipping passes named in ``disable``."""
     unknown = set(disable) - set(PASS_NAMES)
     if unknown:
         raise GraphError(f"unknown passes {sorted(unknown)}; the passes are {PASS_NAMES}")
     if opt_level not in (0, 1, 2):
         raise GraphError(f"opt_level must be 0, 1 or 2, not {opt_level!r}")
-    records = []
-    for fn, level in PIPELINE:
-        if level > opt_level or fn.__name__ in disable:
+    records, instead = [], INSTEAD.get(backend, {})
+    for planned, level in PIPELINE:
+        fn = instead.get(planned, planned)
+        if level > opt_level or {planned.__name__, fn.__name__} & set(disable):
             continue
         notes = Rewrites()
         before = len(graph.nodes)

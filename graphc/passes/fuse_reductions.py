@@ -9,20 +9,25 @@ from graphc.passes.scale import scalar_factor
 def fuse_reductions(graph, notes):
     """sum(ew(x…), axes) -> sum_ew(x…; expr, axes); c·sum(…) -> sum_ew(…; scale c)
 
-    An elementwise group read only by a sum becomes one node, so backends can reduce without keeping the
-    full-size product (NumPy: ``einsum``/``out=``; CuPy: one ReductionKernel). Bias gradients
-    ``sum(relu_mask·dh, axis=0)`` and ``mean((y−t)²)`` take this form. A scalar factor applied to the sum alone
-    (the ``1/m`` of a mean) rides on the reduced result: on CuPy the kernel's last step.
+    An elementwise group read only by a sum becomes one node (a sum of every element also through a reshape), so
+    backends can reduce without keeping the full-size product (NumPy: ``einsum``/``out=``; CuPy: one
+    ReductionKernel). Bias gradients ``sum(relu_mask·dh, axis=0)`` and ``mean((y−t)²)`` take this form. A scalar
+    factor applied to the sum alone (the ``1/m`` of a mean) rides on the reduced result: on CuPy the kernel's last
+    step.
     """
     def fused_sum(rb, node):
         (old,) = node.inputs
+        axes, keepdims = node.attr("axes"), node.attr("keepdims")
+        if _total(graph, node) and graph.nodes[old].op == "reshape" and graph.single_use(old):
+            old = graph.nodes[old].inputs[0]  # a sum of every element ignores their layout
+            axes = tuple(range(len(graph.nodes[old].shape)))
         src = rb.node(rb.arg(old))
         if src.op != "ew" or not graph.single_use(old):
             return None
         notes.note(f"fused {graph.display_name(old)} into the sum {graph.display_name(node.id)}")
         new_id = rb.add(node, "sum_ew", list(src.inputs), {
-            "expr": src.attr("expr"), "axes": node.attr("axes"), "keepdims": node.attr("keepdims"),
-            "ew_shape": src.shape, "scale": sympy.S.One})
+            "expr": src.attr("expr"), "axes": axes, "keepdims": keepdims, "ew_shape": src.shape,
+            "scale": sympy.S.One})
         rb.absorb(new_id, old)
         return new_id
 
@@ -45,3 +50,8 @@ def fuse_reductions(graph, notes):
         return new_id
 
     return Rebuild(graph).run({"sum": fused_sum, "ew": scaled_sum})
+
+
+def _total(graph, node) -> bool:
+    """Whether a sum adds up every element of its input into a scalar."""
+    return not node.attr("keepdims") and len(node.attr("axes")) == len(graph.nodes[node.inputs[0]].shape)
