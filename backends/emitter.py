@@ -81,6 +81,15 @@ class Statement:
         self.requests.append((tuple(self.node.shape if shape is None else shape), dtype))
         return self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"
 
+    def shared(self, key, dtype: str, shape) -> tuple[str, bool]:
+        """A temporary that later nodes of the function asking for the same ``key`` read again (the windows of one
+        input, for a convolution and its weight gradient): its name, and whether this node is the first, which
+        fills it. ``key`` must name everything its content depends on."""
+        first = key not in self.fn.sharers
+        self.fn.sharers.setdefault(key, []).append(self.node.id)
+        self.requests.append((tuple(shape), dtype, key))
+        return (self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"), first
+
     def line(self, text: str) -> None:
         if text:
             self.lines.append(text)
@@ -171,8 +180,11 @@ class FunctionEmitter:
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.inlined = module.inlined(graph, needed - keep - set(self.updates))  # computed inside their readers
         self.drafts: dict[int, list[str]] = {}
+        self.sharers: dict = {}  # key of a shared temporary -> the nodes reading it (Statement.shared)
+        requests = {nid: self._scratch_needs(graph.nodes[nid]) for nid in sorted(needed)}  # drafts, in order
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
-                         scratch_for=self._scratch_needs)
+                         scratch_for=lambda node: [(*r, self.sharers[r[2]][-1]) if len(r) == 3 else r
+                                                   for r in requests[node.id]])
 
     def _computed(self, node) -> bool:
         """Whether the node has statements of its own (sources are fed or constant, views are renamings)."""

@@ -57,7 +57,8 @@ def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Pl
     """Plan ``nodes`` (ids) of ``graph``. ``keep_alive`` ids (outputs, deferred updates) are never overwritten.
 
     ``needs_buffer(node)`` says whether a node gets a planned buffer (default: all but sources and views);
-    ``scratch_for(node)`` lists (shape, dtype) of the temporaries its statements need.
+    ``scratch_for(node)`` lists (shape, dtype) of the temporaries its statements need, or (shape, dtype, key, last)
+    for one that several nodes share: the first to ask for ``key`` fills it, and it lives until node ``last``.
     """
     order = sorted(nodes)
     storage, last_use = reads(graph, order)
@@ -69,6 +70,8 @@ def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Pl
     free: dict[tuple, list[int]] = {}
     buffer_of, scratch = {}, {}
     expiring: dict[int, list[int]] = {}
+    position = {nid: i for i, nid in enumerate(order)}
+    shared: dict = {}  # key -> buffer of a scratch several nodes read
 
     def take(shape, dtype):
         key = (tuple(shape), dtype)
@@ -83,10 +86,20 @@ def plan(graph, nodes, keep_alive=(), needs_buffer=None, scratch_for=None) -> Pl
             b = buffer_of[nid] = take(node.shape, node.dtype)
             buffers[b].users.append(nid)
             expiring.setdefault(max(last_use.get(nid, i), i), []).append(b)
-        temps = [take(shape, dtype) for shape, dtype in (scratch_for(node) if scratch_for else [])]
+        temps, own = [], []
+        for shape, dtype, *kept in scratch_for(node) if scratch_for else []:
+            if not kept:
+                own.append(take(shape, dtype))
+                temps.append(own[-1])
+                continue
+            key, last = kept
+            if key not in shared:
+                shared[key] = take(shape, dtype)
+                expiring.setdefault(max(position[last], i), []).append(shared[key])
+            temps.append(shared[key])
         if temps:
             scratch[nid] = temps
-        for b in temps:  # scratch lives only within the node's own statements
+        for b in own:  # scratch lives only within the node's own statements
             free.setdefault((buffers[b].shape, buffers[b].dtype), []).append(b)
         for b in expiring.pop(i, []):
             free.setdefault((buffers[b].shape, buffers[b].dtype), []).append(b)

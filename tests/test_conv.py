@@ -274,6 +274,24 @@ def test_small_cnn_training_step_matches_reference_sgd():
             feeds[n] = params[n].copy()
 
 
+def test_a_convolution_and_its_weight_gradient_gather_the_windows_once():
+    """The weight gradient reads the windows the forward convolution gathered (kept until then); two convolutions
+    of one input with different kernels gather their own."""
+    g, feeds = small_cnn(batch=4)
+    train = gc.compile(g, backend="numpy", optimizer=gc.SGD(lr=0.1)).source.split("def _train(")[1].split("\ndef ")[0]
+    # conv1 and conv2 forward, conv2's input gradient (a convolution of the gradient): 3, not 5
+    assert train.count("sliding_window_view") == 3
+    with gc.Graph("two") as two:
+        x = gc.input("x", (m, 2, 5, 5), dtype="float64")
+        w3, w5 = gc.param("w3", (3, 2, 3, 3), dtype="float64"), gc.param("w5", (3, 2, 5, 5), dtype="float64")
+        loss = gc.sum(gc.tanh(gc.conv2d(x, w3, padding="same"))) + gc.sum(gc.conv2d(x, w5, padding="same") ** 2)
+        two.output(loss=loss, dw3=gc.grad(loss, w3), dw5=gc.grad(loss, w5))
+    feeds = {"x": np.random.default_rng(0).normal(size=(3, 2, 5, 5)), **gc.init_params(two, 1)}
+    got, want = gc.compile(two)(feeds), two.evaluate(feeds)
+    for name in want:
+        assert rel_error(got[name], want[name]) <= 1e-12, name
+
+
 @pytest.mark.parametrize("geometry", [dict(stride=2, padding=1), dict(stride=(1, 2), padding=((0, 2), (1, 0))),
                                       dict(stride=3, padding="same"), dict(stride=1, padding="valid")], ids=str)
 @pytest.mark.parametrize("pool", [(2, None), (3, 1), ((2, 3), (2, 1)), (2, 3)], ids=str)

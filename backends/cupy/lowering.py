@@ -32,12 +32,11 @@ def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1)
 def gathered_picks(graph, candidates) -> set:
     """The picks (a row's label logit) read inside the kernels that use them, at their index in the logits: no
     launch or buffer of their own. Where each reader is a kernel and the class count a number."""
-    def gathered(nid):
-        node = graph.nodes[nid]
-        readers = [graph.nodes[r] for r in graph.consumers(nid)]
-        return node.op == "pick" and isinstance(graph.nodes[node.inputs[0]].shape[-1], (int, sympy.Integer)) \
-            and bool(readers) and all(r.op in ("ew", "sum_ew") for r in readers)
-    return {nid for nid in candidates if gathered(nid)}
+    def gathered(node):
+        readers = [graph.nodes[r].op for r in graph.consumers(node.id)]
+        return isinstance(graph.nodes[node.inputs[0]].shape[-1], (int, sympy.Integer)) and bool(readers) \
+            and all(op in ("ew", "sum_ew") for op in readers)
+    return {nid for nid in candidates if graph.nodes[nid].op == "pick" and gathered(graph.nodes[nid])}
 
 
 def _gather(st, k: int, args: list, dtypes: list) -> str:

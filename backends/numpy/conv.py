@@ -79,10 +79,13 @@ def _row_windows(st, x: str, shape, kernel, padding):
     hp, ow = h + top + bottom, w + left + right - kw + 1
     wp = w + max(left, right, ow - w)  # and every output of a row fits in it
     oh, run = hp - kh + 1, (hp - kh + 1) * wp
+    # a convolution and its weight gradient read the same windows of x: the first of them gathers them
+    cols, first = st.shared(("row_windows", x, shape, kernel, padding), st.node.dtype, (c, kh, kw, m, run))
+    if not first:
+        return cols, wp, (oh, ow)
     frame = st.scratch(st.node.dtype, (c, m, hp + 1, wp))  # one more row of zeros: the last runs stay inside
     st.line(f"{frame}.fill(0)")
     st.line(f"{frame}[:, :, {top}:{top + h}, {left}:{left + w}] = {x}.transpose(1, 0, 2, 3)")
-    cols = st.scratch(st.node.dtype, (c, kh, kw, m, run))
     runs = f"{st.xp}.lib.stride_tricks.sliding_window_view({frame}.reshape({c}, -1, {(hp + 1) * wp}), {run}, axis=2)"
     st.line(f"{st.xp}.copyto({cols}, {runs}[:, :, :{kh * wp}].reshape({c}, -1, {kh}, {wp}, {run})[:, :, :, :{kw}]"
             f".transpose(0, 2, 3, 1, 4))  # window (a, b) of every output: the run from a·{wp} + b")
