@@ -3,7 +3,7 @@
 ``UfuncChain`` lowers an elementwise expression into the shortest chain of in-place NumPy ufunc calls into one
 buffer, with ``sympy.cse`` for shared subexpressions. Functions lower through their records (a ufunc, an
 expansion into simpler functions, or a helper the module carries), which hold their numerically stable forms
-(sigmoid via tanh, softplus via logaddexp, relu' as a sign, never ``Heaviside`` or ``select``).
+(sigmoid via tanh, softplus via logaddexp, relu' as a comparison cast by ``copyto``, never ``Heaviside`` or ``select``).
 """
 from __future__ import annotations
 
