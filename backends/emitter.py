@@ -217,24 +217,28 @@ class FunctionEmitter:
         items = [self.printer.doprint(sympy.sympify(d)) for d in shape]
         return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
 
-    def rows(self, shape) -> str:
-        """Row numbers ``0 … numel(shape) − 1`` laid out in ``shape`` (int64), allocated with the buffers."""
-        return self._helper("rows", tuple(shape))
+    def rows(self, shape, step=1) -> str:
+        """Row numbers ``0 … numel(shape) − 1`` laid out in ``shape`` (int64), allocated with the buffers; times
+        ``step``, where each row starts in a flat array of rows of ``step`` elements."""
+        return self._helper("rows", tuple(shape), step)
 
     def arange(self, n) -> str:
         return self._helper("arange", (n,))
 
-    def _helper(self, kind, shape) -> str:
-        key = f"{kind}:{shape}"
+    def _helper(self, kind, shape, step=1) -> str:
+        key = f"{kind}:{shape}:{step}"
         if key not in self.helpers:
-            self.helpers[key] = (f"_{kind}{len(self.helpers)}", shape)
+            self.helpers[key] = (f"_{kind}{len(self.helpers)}", shape, step)
         return f"B[{self.helpers[key][0]!r}]"
 
     def helper_allocation(self) -> str:
         """The named helper arrays, by key: ``{'_rows0': np.arange(m, dtype=np.int64), …}``."""
         xp, items = self.module.XP, []
-        for name, shape in self.helpers.values():
-            text = f"{xp}.arange({self.printer.doprint(shapes.numel(shape))}, dtype={xp}.int64)"
+        for name, shape, step in self.helpers.values():
+            n, total, k = (self.printer.doprint(sympy.sympify(v)) for v in (shapes.numel(shape),
+                                                                           shapes.numel(shape) * step, step))
+            span = n if step == 1 else f"0, {total}, {k}"
+            text = f"{xp}.arange({span}, dtype={xp}.int64)"
             items.append(f"{name!r}: {text}" + (f".reshape({self.shape_text(shape)})" if len(shape) != 1 else ""))
         return "{" + ", ".join(items) + "}"
 

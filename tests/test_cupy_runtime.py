@@ -172,6 +172,22 @@ def test_gpu_per_example_losses_read_the_labels_logits_inside_their_kernel():
 
 
 @pytest.mark.gpu
+def test_gpu_labels_logits_are_gathered_for_a_symbolic_class_count():
+    cp = cupy_or_skip()
+    k = gc.dim("k")
+    with gc.Graph("classes") as g:
+        z, t = gc.input("z", (m, k), dtype="float32"), gc.input("t", (m,), dtype="int64")
+        loss = gc.mean(gc.softmax_cross_entropy(z, t))
+        g.output(loss=loss, dz=gc.grad(loss, z))
+    program = gc.compile(g, backend="cupy")
+    assert "_pick(" not in program.source
+    feeds = {"z": np.random.default_rng(0).normal(size=(4, 6)).astype("float32"), "t": np.array([0, 5, 2, 3])}
+    got, want = program({n: cp.asarray(v) for n, v in feeds.items()}), g.evaluate(feeds)
+    for name in want:
+        np.testing.assert_allclose(cp.asnumpy(got[name]), want[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
 def test_gpu_cross_entropy_weighted_per_example_scales_each_rows_gradient():
     """The gradient kernel's scale reads the weights (inputs after the labels), not the logits."""
     cp = cupy_or_skip()

@@ -22,7 +22,7 @@ def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1)
     if args is None:
         args, dtypes = list(st.args), [st.fn.graph.nodes[i].dtype for i in st.node.inputs]
         for k, nid in enumerate(st.node.inputs):
-            if nid in st.fn.inlined:  # a pick: the logits go in raw, read at row·classes + label
+            if nid in st.fn.inlined:  # a pick: the logits go in raw, read at the row's start + label
                 gathers[k] = _gather(st, k, args, dtypes)
     kernel, scalars = kernel_for(kind, expr, dtypes, out_dtype, post, gathers)
     name = st.module.kernel(kernel, kernel_label(expr, st.node.phase))
@@ -31,23 +31,22 @@ def _launch(st, kind: str, expr, out_dtype: str, args=None, dtypes=None, post=1)
 
 def gathered_picks(graph, candidates) -> set:
     """The picks (a row's label logit) read inside the kernels that use them, at their index in the logits: no
-    launch or buffer of their own. Where each reader is a kernel and the class count a number."""
+    launch or buffer of their own. Where each reader is a kernel."""
     def gathered(node):
         readers = [graph.nodes[r].op for r in graph.consumers(node.id)]
-        return isinstance(graph.nodes[node.inputs[0]].shape[-1], (int, sympy.Integer)) and bool(readers) \
-            and all(op in ("ew", "sum_ew") for op in readers)
+        return bool(readers) and all(op in ("ew", "sum_ew") for op in readers)
     return {nid for nid in candidates if graph.nodes[nid].op == "pick" and gathered(graph.nodes[nid])}
 
 
 def _gather(st, k: int, args: list, dtypes: list) -> str:
-    """Puts the logits of input ``k`` (a pick) in its place and its row numbers and labels (laid out in its shape)
-    after the inputs; returns the C index of the label's logit."""
+    """Puts the logits of input ``k`` (a pick) in its place and where each row starts in them and its label (laid
+    out in the pick's shape) after the inputs; returns the C index of the label's logit."""
     pick = st.input(k)
     z, t = (st.fn.graph.nodes[i] for i in pick.inputs)
     args[k], dtypes[k] = st.fn.var[z.id], z.dtype
-    args += [st.fn.rows(pick.shape), f"{st.fn.var[t.id]}.reshape({st.dims(pick.shape)})"]
+    args += [st.fn.rows(pick.shape, step=z.shape[-1]), f"{st.fn.var[t.id]}.reshape({st.dims(pick.shape)})"]
     dtypes += ["int64", "int64"]
-    return f"x{len(args) - 2} * {z.shape[-1]} + x{len(args) - 1}"
+    return f"x{len(args) - 2} + x{len(args) - 1}"
 
 
 @LOWERINGS.register("ew")

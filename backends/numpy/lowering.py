@@ -170,10 +170,8 @@ def _softmax_common(st, log: bool):
 def _label_index(st, z_shape, labels: str) -> str:
     """Flat indices ``row·k + label`` into the logits (classes on the last axis, any leading axes), in an int64
     scratch (no per-call allocation). The labels were checked to lie in 0 … k − 1."""
-    rows = st.fn.rows(z_shape[:-1])
     idx = st.scratch("int64", z_shape[:-1])
-    st.line(f"{st.xp}.multiply({rows}, {st.value(z_shape[-1])}, out={idx})")
-    st.line(f"{st.xp}.add({idx}, {labels}, out={idx})")
+    st.line(f"{st.xp}.add({st.fn.rows(z_shape[:-1], step=z_shape[-1])}, {labels}, out={idx})")
     return idx
 
 
