@@ -172,6 +172,32 @@ def test_reduction_fusion():
             assert not (src.op == "ew" and len(optimized.consumers(src.id)) == 1)
 
 
+def test_a_mean_of_every_element_fuses_through_a_reshape_but_a_partial_sum_does_not():
+    with gc.Graph("means") as g:
+        x = gc.input("x", (m, 3, 2), dtype="float64")
+        rows = gc.reshape(gc.exp(x), (m, 6))
+        g.output(total=gc.mean(rows), per_row=gc.sum(gc.reshape(gc.tanh(x), (m, 6)), axis=1))
+    optimized, _ = optimize(g, 2)
+    total = optimized.nodes[optimized.outputs["total"]]
+    assert total.op == "sum_ew" and total.attr("axes") == (0, 1, 2) and total.attr("scale") == 1 / (6 * m)
+    per_row = optimized.nodes[optimized.outputs["per_row"]]
+    assert per_row.op == "sum" and optimized.nodes[per_row.inputs[0]].op == "reshape"
+    feeds = {"x": np.random.default_rng(0).normal(size=(4, 3, 2))}
+    assert_same_numbers(g, optimized, feeds)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy"])
+def test_a_backend_runs_its_own_pass_in_a_slot_and_the_slots_name_switches_it_off(backend):
+    """CuPy's pass takes the slot of expand_softmax_xent: either name switches it off there."""
+    g, _ = MODELS["mlp"]()
+    names = {r.name for r in optimize(g, 2, backend=backend)[1]}
+    assert ("rowwise_softmax_xent" in names) == (backend == "cupy")
+    assert ("expand_softmax_xent" in names) == (backend == "numpy")
+    for name in ("expand_softmax_xent", "rowwise_softmax_xent")[:2 if backend == "cupy" else 1]:
+        assert not {"expand_softmax_xent", "rowwise_softmax_xent"} & {
+            r.name for r in optimize(g, 2, disable=[name], backend=backend)[1]}
+
+
 def test_passes_can_be_switched_off_by_name():
     g, feeds = MODELS["mlp"]()
     optimized, records = optimize(g, 2, disable=["fuse_elementwise", "fuse_reductions"])
