@@ -887,20 +887,24 @@ def check_gradients(case: Case, seed: int, twin, feeds: dict) -> dict:
     return values
 
 
-def check_train_step(case: Case, feeds: dict, expected: dict, level: int) -> None:
-    """One SGD step of the compiled training module: the outputs at the old params, then params − lr·∂loss/∂params."""
-    params = {name: feeds[name].copy() for name in case.b.params}
-    batch = {name: value for name, value in feeds.items() if name not in params}
-    program = gc.compile(case.graph, opt_level=level, loss="loss", optimizer=gc.SGD(LR))
+def check_train_step(case: Case, feeds: dict, expected: dict, level: int, cp=None) -> None:
+    """One SGD step of the compiled training module: the outputs at the old params, then params − lr·∂loss/∂params
+    (with ``cp``, the CuPy module's step on the device)."""
+    device, host = (np.copy, np.array) if cp is None else (cp.asarray, cp.asnumpy)
+    params = {name: device(feeds[name]) for name in case.b.params}
+    batch = {name: device(value) for name, value in feeds.items() if name not in params}
+    program = gc.compile(case.graph, backend="numpy" if cp is None else "cupy", opt_level=level, loss="loss",
+                         optimizer=gc.SGD(LR))
+    what = f"{'CuPy ' if cp is not None else ''}train_step -O{level}"
     for name, value in program.init_params(seed=3).items():
-        assert np.array_equal(value, gc.init_params(case.graph, 3)[name]), f"init_params: {name} differs"
+        assert np.array_equal(host(value), gc.init_params(case.graph, 3)[name]), f"init_params: {name} differs"
     out = program.train_step(params, batch)
-    compare({k: np.array(v) for k, v in out.items()}, expected, case.dtype, f"train_step -O{level}")
+    compare({k: host(v) for k, v in out.items()}, expected, case.dtype, what)
     grads = {name: out_name for out_name, name in case.b.grad_of.items()}
     for name in case.b.params:
         want = (feeds[name] - np.asarray(LR, dtype=case.dtype) * expected[grads[name]]).astype(case.dtype)
-        err = rel_error(params[name], want, floor=FLOOR[case.dtype])
-        assert err <= TOLERANCE[case.dtype], f"train_step -O{level}: param {name}: relative error {err:.2e}"
+        err = rel_error(host(params[name]), want, floor=FLOOR[case.dtype])
+        assert err <= TOLERANCE[case.dtype], f"{what}: param {name}: relative error {err:.2e}"
 
 
 def check_out_of_range(case: Case, seed: int) -> None:
@@ -1080,7 +1084,8 @@ def test_random_graphs_many(case, seed, train_level):
 
 
 def check_cupy(cp, case: Case, seed: int) -> None:
-    """The CuPy module of every opt level gives the evaluator's outputs (the feeds on the device)."""
+    """The CuPy module of every opt level gives the evaluator's outputs (the feeds on the device); a graph with
+    params also takes one SGD step of its -O2 training module."""
     note(case.describe(seed))
     if "labels_out_of_range" in case.b.categories:
         return
@@ -1089,6 +1094,8 @@ def check_cupy(cp, case: Case, seed: int) -> None:
     for level in (0, 1, 2):
         got = gc.compile(case.graph, backend="cupy", opt_level=level)({k: cp.asarray(v) for k, v in feeds.items()})
         compare({k: cp.asnumpy(v) for k, v in got.items()}, expected, case.dtype, f"CuPy -O{level}")
+    if case.b.params and case.b.train:
+        check_train_step(case, feeds, expected, 2, cp)
     return None
 
 
