@@ -78,17 +78,20 @@ class Statement:
 
     def scratch(self, dtype: str, shape=None) -> str:
         """A temporary of ``shape`` (default: the node's) planned by the scheduler."""
-        self.requests.append((tuple(self.node.shape if shape is None else shape), dtype))
+        return self._request((tuple(self.node.shape if shape is None else shape), dtype))
+
+    def _request(self, request: tuple) -> str:
+        """The planned buffer for ``request``, or while drafting, a placeholder numbered in request order."""
+        self.requests.append(request)
         return self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"
 
     def shared(self, key, dtype: str, shape) -> tuple[str, bool]:
         """A temporary that later nodes of the function asking for the same ``key`` read again (the windows of one
         input, for a convolution and its weight gradient): its name, and whether this node is the first, which
         fills it. ``key`` must name everything its content depends on."""
-        first = key not in self.fn.sharers
-        self.fn.sharers.setdefault(key, []).append(self.node.id)
-        self.requests.append((tuple(shape), dtype, key))
-        return (self._scratch.pop(0) if self._scratch else f"_scratch{len(self.requests)}"), first
+        first = key not in self.fn.last_sharer
+        self.fn.last_sharer[key] = self.node.id
+        return self._request((tuple(shape), dtype, key)), first
 
     def line(self, text: str) -> None:
         if text:
@@ -180,10 +183,10 @@ class FunctionEmitter:
         keep = set(graph.outputs.values()) | set(self.deferred)
         self.inlined = module.inlined(graph, needed - keep - set(self.updates))  # computed inside their readers
         self.drafts: dict[int, list[str]] = {}
-        self.sharers: dict = {}  # key of a shared temporary -> the nodes reading it (Statement.shared)
+        self.last_sharer: dict = {}  # key of a shared temporary -> the last node reading it (Statement.shared)
         requests = {nid: self._scratch_needs(graph.nodes[nid]) for nid in sorted(needed)}  # drafts, in order
         self.plan = plan(graph, needed, keep_alive=keep, needs_buffer=self._needs_buffer,
-                         scratch_for=lambda node: [(*r, self.sharers[r[2]][-1]) if len(r) == 3 else r
+                         scratch_for=lambda node: [(*r, self.last_sharer[r[2]]) if len(r) == 3 else r
                                                    for r in requests[node.id]])
 
     def _computed(self, node) -> bool:

@@ -181,13 +181,14 @@ class UfuncChain:
             return self.into(fn.expand(*expr.args), out)
         if fn is not None and fn.numpy is not None:
             ufunc, *extra = fn.numpy
+            args = (*expr.args, *map(sympy.sympify, extra))
             if ufunc in COMPARE.values() and self.out_dtype(out) != "bool":  # a 0/1 value: compared, then cast
-                ops = [self.operand(a) for a in (*expr.args, *map(sympy.sympify, extra))]  # numbers, not in the mask
+                ops = [self.operand(a) for a in args]  # computed as numbers, never into the bool mask
                 mask = self.temp("bool")
                 self.emit(ufunc, *ops, out=mask)
                 self.lines.append(f"np.copyto({out}, {mask})")
                 return None
-            return self._call(ufunc, (*expr.args, *map(sympy.sympify, extra)), out)
+            return self._call(ufunc, args, out)
         if fn is not None and fn.helper is not None and self.use is not None:
             [x] = self._operands(expr.args, out)
             self.lines.append(f"{self.use(fn.helper)}({x}, out={out})")

@@ -19,16 +19,22 @@ def expand_softmax_xent(graph, notes):
             return None
         e, total = exponentials(rb, node, z.id)
         peak = rb.node(e).inputs[1]
-        rows = rb.node(total).shape
-        if t.dtype == "int64":
-            true_logit = rb.add(node, "pick", [z.id, t.id], {}, shape=rows)
-            loss = rb.add(node, "ew", [total, peak, true_logit], {"expr": sympy.log(arg(0)) + arg(1) - arg(2)},
-                          shape=rows)
-        else:
-            terms = rb.add(node, "ew", [t.id, total, peak, z.id],
-                           {"expr": arg(0) * (sympy.log(arg(1)) + arg(2) - arg(3))}, shape=z.shape)
-            loss = rb.add(node, "sum", [terms], {"axes": (len(z.shape) - 1,), "keepdims": True}, shape=rows)
         notes.note(f"softmax_cross_entropy -> log-sum-exp minus the labels' logits at {graph.display_name(node.id)}")
-        return rb.add(node, "reshape", [loss], {"shape": tuple(node.shape)})
+        return per_example_losses(rb, node, z, t, sympy.log(arg(0)) + arg(1), [total, peak])
 
     return Rebuild(graph).run({"softmax_cross_entropy": rule})
+
+
+def per_example_losses(rb, node, z, t, norm, inputs: list) -> int:
+    """The losses of ``softmax_cross_entropy`` node ``node``, in its shape: ``norm − z[t]`` for class ids,
+    ``Σ t·(norm − z)`` for distributions, where ``norm`` (an expression of ``inputs``, per-row nodes with a size-1
+    last axis) is each row's log-sum-exp."""
+    rows, n = rb.node(inputs[0]).shape, len(inputs)
+    if t.dtype == "int64":
+        true_logit = rb.add(node, "pick", [z.id, t.id], {}, shape=rows)
+        loss = rb.add(node, "ew", [*inputs, true_logit], {"expr": norm - arg(n)}, shape=rows)
+    else:
+        shifted = norm.xreplace({arg(i): arg(i + 1) for i in range(n)})  # after the labels
+        terms = rb.add(node, "ew", [t.id, *inputs, z.id], {"expr": arg(0) * (shifted - arg(n + 1))}, shape=z.shape)
+        loss = rb.add(node, "sum", [terms], {"axes": (len(z.shape) - 1,), "keepdims": True}, shape=rows)
+    return rb.add(node, "reshape", [loss], {"shape": tuple(node.shape)})

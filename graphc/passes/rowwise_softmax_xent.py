@@ -3,6 +3,7 @@ import sympy
 
 from graphc.core.ir import Rebuild
 from graphc.ops.elementwise import arg
+from graphc.passes.expand_softmax_xent import per_example_losses
 
 
 def rowwise_softmax_xent(graph, notes):
@@ -25,17 +26,9 @@ def rowwise_softmax_xent(graph, notes):
         z, t = (rb.node(rb.arg(i)) for i in node.inputs)
         if node.attr("axis") != len(z.shape) - 1:
             return None
-        norm = lse(rb, node, z.id)
-        rows = rb.node(norm).shape
-        if t.dtype == "int64":
-            true_logit = rb.add(node, "pick", [z.id, t.id], {}, shape=rows)
-            loss = rb.add(node, "ew", [norm, true_logit], {"expr": arg(0) - arg(1)}, shape=rows)
-        else:
-            terms = rb.add(node, "ew", [t.id, norm, z.id], {"expr": arg(0) * (arg(1) - arg(2))}, shape=z.shape)
-            loss = rb.add(node, "sum", [terms], {"axes": (len(z.shape) - 1,), "keepdims": True}, shape=rows)
         notes.note(f"softmax_cross_entropy -> row-wise log-sum-exp minus the labels' logits at "
                    f"{graph.display_name(node.id)}")
-        return rb.add(node, "reshape", [loss], {"shape": tuple(node.shape)})
+        return per_example_losses(rb, node, z, t, arg(0), [lse(rb, node, z.id)])
 
     def gradient(rb, node):
         e, _, t, *rest = (rb.arg(i) for i in node.inputs)
