@@ -228,20 +228,27 @@ class FunctionEmitter:
     def arange(self, n) -> str:
         return self._helper("arange", (n,))
 
-    def _helper(self, kind, shape, step=1) -> str:
-        key = f"{kind}:{shape}:{step}"
+    def ones(self, n, dtype: str) -> str:
+        """A vector of ``n`` ones of ``dtype``, allocated with the buffers (a sum as a matrix-vector product)."""
+        return self._helper("ones", (n,), dtype=dtype)
+
+    def _helper(self, kind, shape, step=1, dtype="int64") -> str:
+        key = f"{kind}:{shape}:{step}:{dtype}"
         if key not in self.helpers:
-            self.helpers[key] = (f"_{kind}{len(self.helpers)}", shape, step)
+            self.helpers[key] = (f"_{kind}{len(self.helpers)}", shape, step, dtype)
         return f"B[{self.helpers[key][0]!r}]"
 
     def helper_allocation(self) -> str:
         """The named helper arrays, by key: ``{'_rows0': np.arange(m, dtype=np.int64), …}``."""
         xp, items = self.module.XP, []
-        for name, shape, step in self.helpers.values():
+        for name, shape, step, dtype in self.helpers.values():
             n, total, k = (self.printer.doprint(sympy.sympify(v)) for v in (shapes.numel(shape),
                                                                            shapes.numel(shape) * step, step))
-            span = n if step == 1 else f"0, {total}, {k}"
-            text = f"{xp}.arange({span}, dtype={xp}.int64)"
+            if name.startswith("_ones"):
+                text = f"{xp}.ones({n}, dtype={xp}.{dtype})"
+            else:
+                span = n if step == 1 else f"0, {total}, {k}"
+                text = f"{xp}.arange({span}, dtype={xp}.{dtype})"
             items.append(f"{name!r}: {text}" + (f".reshape({self.shape_text(shape)})" if len(shape) != 1 else ""))
         return "{" + ", ".join(items) + "}"
 
@@ -369,6 +376,7 @@ class ModuleEmitter:
     RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers,  # helpers every module carries
                       runtime._buffers, runtime._check_classes, runtime._only)
     NUMERICS: tuple = ()  # helpers of check_numerics
+    GEMV_SUMS = False  # a float sum over leading axes as ones @ matrix (where the BLAS product beats the reduction)
 
     def __init__(self, graph, train_graph=None, opt_level: int = 2, check_numerics: bool = False,
                  predict_graph=None, sharded=None):

@@ -49,3 +49,36 @@ def test_cross_entropy_with_integer_labels_on_any_axis(axis):
     for level in (0, 1, 2):
         assert_matches_reference(g, feeds, level)
 
+
+
+LEADING_SUMS = {  # sums over leading axes, of arrays and of views: (graphc, NumPy, shape)
+    "bias gradient": (lambda x: gc.sum(x, axis=0), lambda a: a.sum(axis=0), (8, 5)),
+    "keepdims": (lambda x: gc.sum(x, axis=0, keepdims=True), lambda a: a.sum(axis=0, keepdims=True), (8, 5)),
+    "two leading axes": (lambda x: gc.sum(x, axis=(0, 1)), lambda a: a.sum(axis=(0, 1)), (8, 3, 4)),
+    "3-d keepdims": (lambda x: gc.sum(x, axis=(0, 1), keepdims=True), lambda a: a.sum(axis=(0, 1), keepdims=True),
+                     (8, 3, 4)),
+    "one of three": (lambda x: gc.sum(x, axis=0), lambda a: a.sum(axis=0), (8, 3, 4)),
+    "of a transpose": (lambda x: gc.sum(gc.transpose(x), axis=0), lambda a: a.T.sum(axis=0), (8, 5)),
+    "of a 3-d transpose": (lambda x: gc.sum(gc.transpose(x, (2, 0, 1)), axis=(0, 1)),
+                           lambda a: a.transpose(2, 0, 1).sum(axis=(0, 1)), (8, 3, 4)),
+    "of every other row": (lambda x: gc.sum(x[::2], axis=0), lambda a: a[::2].sum(axis=0), (8, 5)),
+    "of size-1 rows": (lambda x: gc.sum(x, axis=0), lambda a: a.sum(axis=0), (1, 5)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64"])
+@pytest.mark.parametrize("case", sorted(LEADING_SUMS))
+def test_a_sum_over_leading_axes_is_a_blas_product_and_exact(case, dtype):
+    """Float sums over leading axes are ``ones @ matrix`` (BLAS); the values equal NumPy's float64 sums of the
+    same array, for views too (a strided view is copied by reshape, never read wrongly); ints keep the reduction."""
+    graph_fn, numpy_fn, shape = LEADING_SUMS[case]
+    m = gc.dim("m")
+    with gc.Graph("leading_sum") as g:
+        g.output(s=graph_fn(gc.input("x", (m, *shape[1:]), dtype=dtype)))
+    prog = gc.compile(g, backend="numpy")
+    rng = np.random.default_rng(3)
+    feed = rng.normal(size=shape).astype(dtype) if dtype != "int64" else rng.integers(-9, 9, size=shape)
+    got, expected = prog({"x": feed})["s"], numpy_fn(feed.astype(np.float64))
+    assert got.shape == expected.shape and got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, expected, rtol=TOL.get(dtype, 0), atol=TOL.get(dtype, 0))
+    assert ("np.matmul(B['_ones" in prog.source) == (dtype != "int64")

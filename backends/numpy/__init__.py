@@ -19,6 +19,7 @@ class ModuleEmitter(emitter.ModuleEmitter):
     ARRAY = "np.ndarray"
     LOWERINGS = LOWERINGS
     NUMERICS = (_check_finite,)
+    GEMV_SUMS = True
 
     @staticmethod
     def printer(names):

@@ -76,8 +76,24 @@ def _fused_update(st):
 
 @LOWERINGS.register("sum")
 def _sum(st):
-    n = st.node
-    st.line(st.module.reduce("add", st.args[0], _axes(n), n.attr('keepdims'), st.out))
+    st.line(_sum_of_input(st))
+
+
+def _sum_of_input(st) -> str:
+    """``sum`` of input 0 over the node's axes into ``st.out``. Over the leading axes of a float array (a bias
+    gradient), the product of a vector of ones with the array seen as a matrix, where the module allows: BLAS reads
+    the rows once, on every thread, while NumPy's reduction adds one row after another on one (half the time for a
+    1024×512 gradient), and both accumulate in the array's dtype."""
+    n, x, xs = st.node, st.args[0], st.input(0).shape
+    axes = tuple(sorted(a % len(xs) for a in n.attr("axes")))
+    leading = 0 < len(axes) < len(xs) and axes == tuple(range(len(axes)))
+    if not (st.module.GEMV_SUMS and leading and n.dtype in ("float32", "float64") and st.input(0).dtype == n.dtype
+            and n.id not in st.fn.updates):
+        return st.module.reduce("add", x, _axes(n), n.attr('keepdims'), st.out)
+    rows = shapes.numel(xs[:len(axes)])
+    matrix = x if len(xs) == 2 else f"{x}.reshape({st.value(rows)}, -1)"
+    out = st.out if len(n.shape) == 1 else f"{st.out}.reshape(-1)"  # a planned buffer: contiguous, so a view
+    return f"{st.xp}.matmul({st.fn.ones(rows, n.dtype)}, {matrix}, out={out})"
 
 
 @LOWERINGS.register("max")
@@ -104,7 +120,7 @@ def _sum_ew(st):
         else:
             st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
     elif expr == a0 and spans:  # a plain sum
-        st.line(st.module.reduce("add", st.args[0], _axes(n), n.attr('keepdims'), st.out))
+        st.line(_sum_of_input(st))
     else:
         tmp = st.scratch(n.dtype, full)
         _chain(st, expr, tmp, full)

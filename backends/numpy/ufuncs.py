@@ -186,7 +186,7 @@ class UfuncChain:
                 ops = [self.operand(a) for a in args]  # computed as numbers, never into the bool mask
                 mask = self.temp("bool")
                 self.emit(ufunc, *ops, out=mask)
-                self.lines.append(f"np.copyto({out}, {mask})")
+                self.lines.append(f"np.copyto({out}, {mask}.view(np.uint8))")  # 0/1 bytes: NumPy's fast cast
                 return None
             return self._call(ufunc, args, out)
         if fn is not None and fn.helper is not None and self.use is not None:

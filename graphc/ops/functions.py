@@ -35,7 +35,8 @@ class Positive(sympy.Function):
     """1 where ``y > 0``, else 0, for ``y ≥ 0`` (a relu's output): relu′ read off the forward value.
 
     NumPy compares into a bool scratch and casts it with ``copyto`` (no per-call cast buffer, unlike a multiply by
-    the bool array): 0.43 against 0.65 ms for ``sign`` then the multiply, on a 1024×512 float32 gradient.
+    the bool array): 0.43 against 0.65 ms for ``sign`` then the multiply, on a 1024×512 float32 gradient. The cast
+    reads the mask as ``uint8`` (the same 0/1 bytes), whose conversion NumPy vectorizes: 0.12 against 0.18 ms.
     """
 
     @classmethod
