@@ -386,3 +386,45 @@ def test_an_input_chosen_by_two_maxima_gets_both_gradients(sign):
     feeds = {"x": np.zeros(3), "y": np.array([-1.0, 1.0, -1.0]), "z": np.array([-1.0, -1.0, 1.0])}
     want = assert_every_level_matches(g, feeds)
     np.testing.assert_array_equal(want["dx"], (feeds["x"] > feeds["y"]) + sign * (feeds["x"] > feeds["z"]))
+
+
+# 18 -- a choice with a zero branch, where the other branch is inf or NaN --------------------------------------
+def _safe_log_graph(dtype):
+    with gc.Graph("safe_log") as g:
+        x = gc.input("x", (m, 4), dtype=dtype)
+        g.output(kept=gc.where(x > 0, gc.log(x), 0), dropped=gc.where(x <= 0, 0, gc.sqrt(x) * 2 - 1),
+                 flag=gc.where(x > 0, 1, 0) + x, both=gc.where(x > 0, gc.log(x), 0) * x)
+    return g
+
+
+def _safe_log_expected(x):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept = np.where(x > 0, np.log(x), 0)
+        return {"kept": kept, "dropped": np.where(x <= 0, 0, np.sqrt(x) * 2 - 1),
+                "flag": (x > 0) + x, "both": kept * x}
+
+
+SAFE_LOG_FEED = np.array([[0.0, 1.0, 2.0, -1.0], [np.inf, -np.inf, 0.5, -0.0], [np.nan, 3.0, 0.0, 1e-300]])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_zero_branch_is_zero_where_the_other_is_inf_or_nan(dtype):
+    """where(x > 0, log(x), 0) is 0 at 0 and below (log gives -inf and NaN there; a multiply by the mask would keep
+    NaN): the branch not taken never reaches the result, at every level."""
+    x = SAFE_LOG_FEED.astype(dtype)
+    want = _safe_log_expected(x)
+    for level in LEVELS:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            got = gc.compile(_safe_log_graph(dtype), opt_level=level)({"x": x})
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k].astype(dtype), err_msg=f"-O{level} {k}")
+
+
+@pytest.mark.gpu
+def test_a_zero_branch_is_zero_on_the_gpu():
+    from helpers import cupy_or_skip
+    cp = cupy_or_skip()
+    want = _safe_log_expected(SAFE_LOG_FEED)
+    got = gc.compile(_safe_log_graph("float64"), backend="cupy")({"x": SAFE_LOG_FEED})
+    for k in want:
+        np.testing.assert_array_equal(cp.asnumpy(got[k]), want[k], err_msg=k)
