@@ -428,3 +428,106 @@ def test_a_zero_branch_is_zero_on_the_gpu():
     got = gc.compile(_safe_log_graph("float64"), backend="cupy")({"x": SAFE_LOG_FEED})
     for k in want:
         np.testing.assert_array_equal(cp.asnumpy(got[k]), want[k], err_msg=k)
+
+
+# 19 -- a comparison read as a number -----------------------------------------------------------------------
+def test_a_comparison_read_as_a_number_is_its_0_or_1():
+    """(x > 0)·y, (x > 0) + 1, y/(x > 0), −(x > 0): NumPy reads the bools as 0 and 1; fusing the comparison into
+    the arithmetic must too (it raised TypeError at -O1 and -O2). exp of a 0/1 choice stays in float64 (a bool array
+    handed to np.exp picks its float16 loop: 2.71875)."""
+    with gc.Graph("comparison_numbers") as g:
+        x, y = gc.input("x", (m, 3), dtype="float64"), gc.input("y", (m, 3), dtype="float64")
+        g.output(times=(x > 0) * y, plus=(x > 0) + 1, half=(x > 0) * 0.5, over=y / (x > 0), neg=-(x > 0),
+                 chosen=gc.where(x > 0, y, x), same=gc.equal(x > 0, y > 0), exp=gc.exp(gc.where(x > 0, 1.0, 0.0)))
+    X, Y = np.array([[1.0, -1.0, 2.0], [0.0, 3.0, -2.0]]), np.array([[3.0, 4.0, 5.0], [-1.0, 2.0, 0.5]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = {"times": (X > 0) * Y, "plus": (X > 0) + 1, "half": (X > 0) * 0.5, "over": Y / (X > 0),
+                "neg": -(X > 0).astype(np.int64), "chosen": np.where(X > 0, Y, X), "same": (X > 0) == (Y > 0),
+                "exp": np.exp(np.where(X > 0, 1.0, 0.0))}
+        for level in LEVELS:
+            got = gc.compile(g, opt_level=level)({"x": X, "y": Y})
+            for k in want:
+                np.testing.assert_allclose(got[k].astype(float), want[k].astype(float), rtol=1e-15,
+                                           err_msg=f"-O{level} {k}")
+
+
+# 20 -- rows whose maximum is not finite ----------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_row_of_minus_inf_has_log_sum_exp_minus_inf(dtype):
+    """Shifting by a row's maximum must not subtract an infinite one: a row of −inf (all masked) has log-sum-exp
+    −inf, a row holding +inf has +inf and a softmax of [nan, 0, 0], as the evaluator and NumPy say."""
+    with gc.Graph("infinite_rows") as g:
+        x = gc.input("x", (m, 3), dtype=dtype)
+        g.output(lse=gc.logsumexp(x, axis=1), sm=gc.softmax(x), lsm=gc.log_softmax(x))
+    X = np.array([[-np.inf] * 3, [np.inf, 0.0, 1.0], [0.0, 1.0, -np.inf]], dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = g.evaluate({"x": X})
+        np.testing.assert_array_equal(want["lse"], np.array([-np.inf, np.inf, np.log(1 + np.e)], dtype))
+        for level in LEVELS:
+            got = gc.compile(g, opt_level=level)({"x": X})
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=f"-O{level} {k}")
+
+
+# 21 -- constants folded beyond float64's range ---------------------------------------------------------------
+def test_a_constant_folded_to_infinity_is_printed_as_one():
+    """x / 1e-310 folds to x·1e310, which is inf: the file names it np.inf (it wrote a bare ``inf``)."""
+    with gc.Graph("infinite_constant") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        g.output(y=x / 1e-310)
+    X = np.array([[0.0, 1e-30, -2.0]])
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = X * np.inf
+        for level in LEVELS:
+            np.testing.assert_array_equal(gc.compile(g, opt_level=level)({"x": X})["y"], want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_constant_folded_to_infinity_in_a_kernel(dtype):
+    """C has no literal for inf or NaN: the kernel writes a constant quotient (1.0/0.0)."""
+    from helpers import cupy_or_skip
+    cp = cupy_or_skip()
+    with gc.Graph("infinite_constant") as g:
+        x = gc.input("x", (m, 3), dtype=dtype)
+        g.output(y=x / 1e-310 + gc.exp(x))
+    X = np.array([[0.0, 1e-30, -2.0]], dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = X * np.inf + np.exp(X)
+    for level in LEVELS:
+        got = cp.asnumpy(gc.compile(g, backend="cupy", opt_level=level)({"x": X})["y"])
+        np.testing.assert_array_equal(got, want, err_msg=f"-O{level}")
+
+
+# 22 -- sigmoid in its tails -----------------------------------------------------------------------------------
+def _sigmoid_tails(dtype):
+    with gc.Graph("sigmoid_tails") as g:
+        x = gc.input("x", (m, 6), dtype=dtype)
+        g.output(s=gc.sigmoid(x), log_s=gc.log(gc.sigmoid(x)), silu=gc.silu(x))
+    x = np.array([[-12.0, -18.0, -30.0, 0.0, 30.0, -80.0]], dtype)
+    exact = 1 / (1 + np.exp(-x.astype(np.float64)))  # below float32's range only at −88
+    return g, x, {"s": exact, "log_s": np.log(exact), "silu": x * exact}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_keeps_its_relative_precision_in_the_tails(dtype):
+    """σ(−30) is 9.4e-14, not 0 (½ + ½·tanh(x/2) rounded it away in float32, and log σ became −inf); log σ(30) is
+    −9.4e-14, which float32 rounds to 0: hence the absolute tolerance of one eps."""
+    g, x, want = _sigmoid_tails(dtype)
+    for level in LEVELS:
+        got = gc.compile(g, opt_level=level)({"x": x})
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=np.finfo(dtype).eps, err_msg=f"-O{level} {k}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_keeps_its_relative_precision_in_the_tails_on_the_gpu(dtype):
+    from helpers import cupy_or_skip
+    cp = cupy_or_skip()
+    g, x, want = _sigmoid_tails(dtype)
+    for level in LEVELS:
+        got = gc.compile(g, backend="cupy", opt_level=level)({"x": x})
+        for k in want:
+            np.testing.assert_allclose(cp.asnumpy(got[k]), want[k], rtol=1e-6, atol=np.finfo(dtype).eps,
+                                       err_msg=f"-O{level} {k}")

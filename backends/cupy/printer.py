@@ -30,8 +30,11 @@ class CudaPrinter(C99CodePrinter):
     def literal(self, value) -> str:
         """A number in the kernel's type: ``0.5f`` in a float kernel (a double literal would make it compute in
         double, at 1/64 of the speed on many GPUs)."""
-        text = repr(float(value))
-        return text + "f" if self.ctype == "float" else text
+        f = "f" if self.ctype == "float" else ""
+        number = float(value)
+        if number != number or abs(number) == float("inf"):  # C has no literal for them: a constant quotient
+            return f"({'-' if number < 0 else ''}{'0' if number != number else '1'}.0{f}/0.0{f})"
+        return repr(number) + f
 
     def _print_Float(self, expr):
         return self.literal(expr)

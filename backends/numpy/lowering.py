@@ -137,6 +137,15 @@ def _rows(st, ufunc: str, a: str, row: str, out: str, shape=None) -> None:
     st.line(f"{st.xp}.{ufunc}({a}, {stage}, out={out})")
 
 
+def _finite_peak(st, peak: str, shape) -> None:
+    """A row's maximum, 0 where it is ±inf or NaN: subtracting an infinite maximum would make every element NaN,
+    where a row of −inf has log-sum-exp −inf and a row holding +inf has +inf (a NaN stays NaN through the sum)."""
+    bad = st.scratch("bool", shape)
+    st.line(f"{st.xp}.isfinite({peak}, out={bad})")
+    st.line(f"{st.xp}.logical_not({bad}, out={bad})")
+    st.line(f"{st.xp}.copyto({peak}, 0, where={bad})  # a row's maximum, 0 where it is not finite")
+
+
 @LOWERINGS.register("logsumexp")
 def _logsumexp(st):
     n, x = st.node, st.args[0]
@@ -147,6 +156,7 @@ def _logsumexp(st):
     ax = _axes(n)
     result = st.out if n.attr("keepdims") else f"{st.out}.reshape({st.dims(kshape)})"
     st.line(st.module.reduce("maximum", x, ax, True, peak))
+    _finite_peak(st, peak, kshape)
     _rows(st, "subtract", x, peak, full)
     st.line(f"{st.xp}.exp({full}, out={full})")
     st.line(st.module.reduce("add", full, ax, True, result))
@@ -170,6 +180,7 @@ def _softmax_common(st, log: bool):
     kshape = reduced_shape(n.shape, (axis,), True)
     peak = st.scratch(n.dtype, kshape)
     st.line(st.module.reduce("maximum", x, axis, True, peak))
+    _finite_peak(st, peak, kshape)
     _rows(st, "subtract", x, peak, st.out)
     full = st.scratch(n.dtype)
     if log:
@@ -201,6 +212,7 @@ def _softmax_cross_entropy(st):
     kshape = reduced_shape(zs, (axis,), True)
     peak, lse, full = st.scratch(n.dtype, kshape), st.scratch(n.dtype, kshape), st.scratch(n.dtype, zs)
     st.line(st.module.reduce("maximum", z, axis, True, peak))
+    _finite_peak(st, peak, kshape)
     _rows(st, "subtract", z, peak, full, zs)
     if labels_int and axis == len(zs) - 1:
         st.line(f"{st.xp}.exp({full}, out={full})")

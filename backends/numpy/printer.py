@@ -32,7 +32,10 @@ class NumPyScalarPrinter(NumPyPrinter):
         return str(expr.p)
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        value = float(expr)  # beyond float64's range (1/1e-310 folded) it is inf, which Python cannot name
+        if value != value:
+            return f"{self.xp}.nan"
+        return repr(value) if abs(value) != float("inf") else f"{'-' if value < 0 else ''}{self.xp}.inf"
 
     def _print_Pow(self, expr, rational=False):
         if expr.exp == -1:

@@ -3,7 +3,8 @@
 ``UfuncChain`` lowers an elementwise expression into the shortest chain of in-place NumPy ufunc calls into one
 buffer, with ``sympy.cse`` for shared subexpressions. Functions lower through their records (a ufunc, an
 expansion into simpler functions, or a helper the module carries), which hold their numerically stable forms
-(sigmoid via tanh, softplus via logaddexp, relu' as a comparison cast by ``copyto``, never ``Heaviside`` or ``select``).
+(sigmoid with its exponent capped, softplus via logaddexp, relu' as a comparison cast by ``copyto``, never
+``Heaviside`` or ``select``).
 """
 from __future__ import annotations
 
@@ -218,12 +219,13 @@ class UfuncChain:
         ops = self._operands(args, out)
         self.emit(ufunc, *ops, out=out)
 
-    def _operands(self, args, out: str, masks: bool = True) -> list[str]:
+    def _operands(self, args, out: str, masks: bool = False) -> list[str]:
         """Operand texts; the first non-trivial one is computed into ``out``, or where ``out`` is the in-place
         target, the one that reads it once, after the others. ``masks``: a mask may be its boolean array (as a
-        factor; a sum of two boolean arrays would be their logical or)."""
+        factor; a sum of two boolean arrays would be their logical or, and a function of one picks NumPy's float16
+        loop: exp of a bool array is 2.71875)."""
         if out == self.target:
-            return self._target_operands(args, out)
+            return self._target_operands(args, out, masks)
         ops, used_out = [], False
         for a in args:
             if a in self.names or is_scalar(a) or used_out or (masks and _is_mask(a)):
@@ -234,16 +236,23 @@ class UfuncChain:
                 used_out = True
         return ops
 
-    def _target_operands(self, args, out: str) -> list[str]:
+    def _target_operands(self, args, out: str, masks: bool) -> list[str]:
         reading = [k for k, a in enumerate(args) if self._reads_target(a)]
         chosen = reading[0] if len(reading) == 1 and self._reads_target(args[reading[0]]) == 1 else None
         if chosen is not None and (args[chosen] in self.names or _is_mask(args[chosen])):
             chosen = None  # the target itself: read as it is
-        ops = {k: self.operand(a) for k, a in enumerate(args) if k != chosen}
+        ops = {k: self._number(a) if _is_mask(a) and not masks else self.operand(a)
+               for k, a in enumerate(args) if k != chosen}
         if chosen is not None:
             self.into(args[chosen], out)
             ops[chosen] = out
         return [ops[k] for k in range(len(args))]
+
+    def _number(self, mask) -> str:
+        """A mask's 0/1 values as numbers of the work dtype, in a temporary."""
+        tmp = self.temp(self.work)
+        self.into(mask, tmp)
+        return tmp
 
     def _reads_target(self, expr) -> int:
         """How many times ``expr`` reads the in-place target."""

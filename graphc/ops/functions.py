@@ -155,6 +155,17 @@ def _erf(x, out):
     return out
 
 
+def _sigmoid_into(x, out):
+    """1/(1 + e⁻ˣ) into ``out``, to its last bits in both tails (½ + ½·tanh(x/2) makes σ(−30) 0 in float32, and
+    log σ −inf). e⁻ˣ is capped at the largest whole power of e the dtype holds, so nothing overflows; below that x
+    (−88 in float32, −709 in float64) σ is under the smallest normal number."""
+    np.negative(x, out=out)
+    np.minimum(out, np.floor(np.log(np.finfo(out.dtype).max)), out=out)
+    np.exp(out, out=out)
+    np.add(out, 1, out=out)
+    return np.divide(1, out, out=out)
+
+
 # -- the records ------------------------------------------------------------------------------------------
 T = "{T}"  # the kernel's float type in C text
 register(Fn(sympy.exp, "exp", np.exp, numpy=("exp",), c="exp({0})"))
@@ -165,8 +176,7 @@ register(Fn(sympy.sin, "sin", np.sin, numpy=("sin",), c="sin({0})"))
 register(Fn(sympy.cos, "cos", np.cos, numpy=("cos",), c="cos({0})"))
 register(Fn(sympy.Abs, "abs", np.abs, numpy=("absolute",), c="fabs({0})", integral=True))
 register(Fn(sympy.sign, "sign", np.sign, numpy=("sign",), c=f"(({T})(({{0}} > 0) - ({{0}} < 0)))", integral=True))
-register(Fn(Sigmoid, "sigmoid", _sigmoid,  # ½ + ½·tanh(x/2): no overflow for large |x|
-            expand=lambda x: sympy.S.Half + sympy.S.Half * sympy.tanh(x / 2)))
+register(Fn(Sigmoid, "sigmoid", _sigmoid, helper=_sigmoid_into, c=f"(({T})1 / (({T})1 + exp(-({{0}}))))"))
 register(Fn(Softplus, "softplus", lambda x: np.logaddexp(0.0, x), numpy=("logaddexp", 0),  # log(1 + eˣ), stably
             c="({0} > 0 ? {0} + log1p(exp(-{0})) : log1p(exp({0})))"))
 register(Fn(Relu, "relu", lambda x: np.maximum(x, 0), numpy=("maximum", 0), c=f"fmax(({T})({{0}}), ({T})0)",
