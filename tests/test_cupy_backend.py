@@ -51,6 +51,18 @@ def all_graphs():
     for k, optimizer in enumerate(OPTIMIZERS):  # fused updates: one kernel writing a param and its state
         for dtype in ("float64", "float32"):
             yield f"mlp_{dtype}_optimizer{k}", MODELS["mlp"](dtype=dtype)[0], optimizer
+    for dtype in ("float64", "float32"):
+        yield f"edges_{dtype}", edge_graph(dtype), None
+
+
+def edge_graph(dtype):
+    """C's corners: integer operands of a quotient or a negative power, an infinite constant, a comparison read
+    as a number, sigmoid's capped exponent."""
+    m = gc.dim("m")
+    with gc.Graph("edges") as g:
+        i, x = gc.input("i", (m, 3), dtype="int64"), gc.input("x", (m, 3), dtype=dtype)
+        g.output(quotient=3 / (i * i), power=i ** -2, huge=x / 1e-310, flag=(x > 0) * x, s=gc.sigmoid(x))
+    return g
 
 
 # -- the source -------------------------------------------------------------------------------------

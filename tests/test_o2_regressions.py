@@ -531,3 +531,24 @@ def test_sigmoid_keeps_its_relative_precision_in_the_tails_on_the_gpu(dtype):
         for k in want:
             np.testing.assert_allclose(cp.asnumpy(got[k]), want[k], rtol=1e-6, atol=np.finfo(dtype).eps,
                                        err_msg=f"-O{level} {k}")
+
+
+# 23 -- integers to negative powers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_an_integer_to_a_negative_power(backend):
+    """i**−2 and 3/(i·i) (which fuses to 3·i**−2) are floats; NumPy's power refuses integers to negative integer
+    powers, so the exponent goes in as a float."""
+    xp = np
+    if backend == "cupy":
+        from helpers import cupy_or_skip
+        xp = cupy_or_skip()
+    with gc.Graph("int_power") as g:
+        i = gc.input("i", (m, 3), dtype="int64")
+        g.output(inverse_square=i ** -2, three_over=3 / (i * i))
+    ids = np.array([[1, 2, 4], [-3, 5, 7]])
+    want = {"inverse_square": 1.0 / ids.astype(float) ** 2, "three_over": 3.0 / ids.astype(float) ** 2}
+    for level in LEVELS:
+        got = gc.compile(g, backend=backend, opt_level=level)({"i": ids})
+        for k in want:
+            np.testing.assert_allclose(xp.asnumpy(got[k]) if backend == "cupy" else got[k], want[k], rtol=1e-15,
+                                       err_msg=f"-O{level} {k}")

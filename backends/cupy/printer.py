@@ -4,6 +4,7 @@ from __future__ import annotations
 import sympy
 from sympy.core.relational import Relational
 from sympy.printing.c import C99CodePrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from graphc.core.errors import GraphError
 from graphc.ops.elementwise import record
@@ -57,6 +58,15 @@ class CudaPrinter(C99CodePrinter):
         if power == sympy.Rational(1, 2):
             return f"sqrt({self._print(base)})"
         return f"pow({self._print(base)}, {self._print(power)})"
+
+    def _print_Mul(self, expr):
+        """A quotient divides in the kernel's type: ``3/x0`` of an int64 ``x0`` would be C's integer division."""
+        over = [f for f in expr.args if f.is_Pow and f.exp.is_number and f.exp.is_negative and f.base.free_symbols]
+        if not over:
+            return super()._print_Mul(expr)
+        numerator = sympy.Mul(*(f for f in expr.args if f not in over))
+        denominator = sympy.Mul(*(sympy.Pow(f.base, -f.exp) for f in over))
+        return f"({self.parenthesize(numerator, PRECEDENCE['Mul'])}/(({self.ctype})({self._print(denominator)})))"
 
     def _print_Relational(self, expr):
         return f"({super()._print_Relational(expr)})"

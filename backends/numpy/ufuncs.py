@@ -311,6 +311,8 @@ class UfuncChain:
             square = self.temp(self.out_dtype(out)) if b == out and power == 3 else out
             self.emit("square", b, out=square)
             return self.emit("multiply" if power == 3 else "square", square, *([b] if power == 3 else []), out=out)
+        if power.is_integer and power.is_negative:  # NumPy refuses integers to negative integer powers
+            power = sympy.Float(power)
         return self._call("power", (base, power), out)
 
     def _div_one(self, base, out: str) -> None:
