@@ -51,7 +51,7 @@ def test_cross_entropy_with_integer_labels_on_any_axis(axis):
 
 
 
-LEADING_SUMS = {  # sums over leading axes, of arrays and of views: (graphc, NumPy, shape)
+LEADING_SUMS = {  # sums over leading axes (and others), of arrays and of views: (graphc, NumPy, shape)
     "bias gradient": (lambda x: gc.sum(x, axis=0), lambda a: a.sum(axis=0), (8, 5)),
     "keepdims": (lambda x: gc.sum(x, axis=0, keepdims=True), lambda a: a.sum(axis=0, keepdims=True), (8, 5)),
     "two leading axes": (lambda x: gc.sum(x, axis=(0, 1)), lambda a: a.sum(axis=(0, 1)), (8, 3, 4)),
@@ -63,6 +63,13 @@ LEADING_SUMS = {  # sums over leading axes, of arrays and of views: (graphc, Num
                            lambda a: a.transpose(2, 0, 1).sum(axis=(0, 1)), (8, 3, 4)),
     "of every other row": (lambda x: gc.sum(x[::2], axis=0), lambda a: a[::2].sum(axis=0), (8, 5)),
     "of size-1 rows": (lambda x: gc.sum(x, axis=0), lambda a: a.sum(axis=0), (1, 5)),
+    "a conv's bias gradient": (lambda x: gc.sum(x, axis=(0, 2, 3)), lambda a: a.sum(axis=(0, 2, 3)), (8, 3, 4, 5)),
+    "conv keepdims": (lambda x: gc.sum(x, axis=(0, 2, 3), keepdims=True),
+                      lambda a: a.sum(axis=(0, 2, 3), keepdims=True), (8, 3, 4, 5)),
+    "first and last": (lambda x: gc.sum(x, axis=(0, 2)), lambda a: a.sum(axis=(0, 2)), (8, 3, 4)),
+    "two leading and one more": (lambda x: gc.sum(x, axis=(0, 1, 3)), lambda a: a.sum(axis=(0, 1, 3)), (8, 3, 4, 2)),
+    "leading and a middle of a transpose": (lambda x: gc.sum(gc.transpose(x, (1, 0, 2)), axis=(0, 2)),
+                                            lambda a: a.transpose(1, 0, 2).sum(axis=(0, 2)), (8, 3, 4)),
 }
 
 

@@ -76,24 +76,32 @@ def _fused_update(st):
 
 @LOWERINGS.register("sum")
 def _sum(st):
-    st.line(_sum_of_input(st))
+    _sum_of_input(st)
 
 
-def _sum_of_input(st) -> str:
-    """``sum`` of input 0 over the node's axes into ``st.out``. Over the leading axes of a float array (a bias
+def _sum_of_input(st) -> None:
+    """``sum`` of input 0 over the node's axes into ``st.out``. Over leading axes of a float array (a bias
     gradient), the product of a vector of ones with the array seen as a matrix, where the module allows: BLAS reads
     the rows once, on every thread, while NumPy's reduction adds one row after another on one (half the time for a
-    1024×512 gradient), and both accumulate in the array's dtype."""
+    1024×512 gradient), and both accumulate in the array's dtype. Leading axes and others (a convolution's bias
+    gradient, axes 0, 2, 3): the product first, into a scratch, then NumPy's reduction of that (5 against 51 µs on
+    64×32×4×4, where NumPy's own reduction over the three axes walks the array in its strides)."""
     n, x, xs = st.node, st.args[0], st.input(0).shape
     axes = tuple(sorted(a % len(xs) for a in n.attr("axes")))
-    leading = 0 < len(axes) < len(xs) and axes == tuple(range(len(axes)))
-    if not (st.module.GEMV_SUMS and leading and n.dtype in ("float32", "float64") and st.input(0).dtype == n.dtype
-            and n.id not in st.fn.updates):
-        return st.module.reduce("add", x, _axes(n), n.attr('keepdims'), st.out)
-    rows = shapes.numel(xs[:len(axes)])
+    lead = next((k for k, a in enumerate(axes) if a != k), len(axes))  # how many of the first axes are summed
+    if not (st.module.GEMV_SUMS and 0 < lead < len(xs) and n.dtype in ("float32", "float64")
+            and st.input(0).dtype == n.dtype and n.id not in st.fn.updates):
+        return st.line(st.module.reduce("add", x, _axes(n), n.attr('keepdims'), st.out))
+    rows, rest, rest_axes = shapes.numel(xs[:lead]), xs[lead:], tuple(a - lead for a in axes[lead:])
+    into = st.out if not rest_axes else st.scratch(n.dtype, rest)  # planned buffers: contiguous, so views
+    flat = into if len(rest) == 1 and (rest_axes or len(n.shape) == 1) else f"{into}.reshape(-1)"
     matrix = x if len(xs) == 2 else f"{x}.reshape({st.value(rows)}, -1)"
-    out = st.out if len(n.shape) == 1 else f"{st.out}.reshape(-1)"  # a planned buffer: contiguous, so a view
-    return f"{st.xp}.matmul({st.fn.ones(rows, n.dtype)}, {matrix}, out={out})"
+    st.line(f"{st.xp}.matmul({st.fn.ones(rows, n.dtype)}, {matrix}, out={flat})")
+    if rest_axes:
+        keep = n.attr("keepdims")
+        out = st.out if not keep else f"{st.out}.reshape({st.dims(reduced_shape(rest, rest_axes, True))})"
+        axis = rest_axes[0] if len(rest_axes) == 1 else rest_axes
+        st.line(st.module.reduce("add", into, axis, keep, out))
 
 
 @LOWERINGS.register("max")
@@ -120,7 +128,7 @@ def _sum_ew(st):
         else:
             st.line(f"{st.xp}.einsum('{letters},{letters}->{kept}', {pair[0]}, {pair[1]}, out={st.out})")
     elif expr == a0 and spans:  # a plain sum
-        st.line(_sum_of_input(st))
+        _sum_of_input(st)
     else:
         tmp = st.scratch(n.dtype, full)
         _chain(st, expr, tmp, full)
