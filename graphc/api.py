@@ -8,7 +8,7 @@ from graphc.dsl import Tensor, assign, const, init_params, init_state, input, pa
 from graphc.ops import OPS as _REGISTERED  # noqa: F401 - importing the ops registers them
 from graphc.ops import functions
 from graphc.ops.conv import avg_pool2d, conv2d, flatten, max_pool2d
-from graphc.ops.elementwise import cast, equal, greater, greater_equal, less, less_equal
+from graphc.ops.elementwise import cast, equal, greater, greater_equal, less, less_equal, not_equal
 from graphc.ops.functions import *  # noqa: F403 - the elementwise functions, as listed in their module
 from graphc.ops.functions import abs_ as abs
 from graphc.ops.indexing import take
@@ -29,7 +29,7 @@ from graphc.viz import render
 __all__ = [
     "Graph", "GraphError", "OPS", "Program", "Tensor", "compile", "dim", "input", "param", "state", "assign", "const",
     "init_params", "init_state", "grad", "load_module", "render", "SGD", "Adam", "AdamW", "schedules",
-    "abs", "equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
+    "abs", "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", *functions.__all__,
     "sum", "mean", "max", "min", "var", "std", "logsumexp", "matmul", "broadcast_to", "concat", "one_hot", "reshape",
     "transpose", "take", "cast", "softmax", "log_softmax", "softmax_cross_entropy", "layer_norm", "batch_norm",
     "conv2d", "max_pool2d", "avg_pool2d", "flatten", "dropout", "random_normal", "random_uniform",

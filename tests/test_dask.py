@@ -187,3 +187,25 @@ def test_graphc_train_on_a_scheduler(client, data, tmp_path, capsys):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
     assert main([*args, "--resume", "--epochs", "1"]) == 0  # one more epoch, from the checkpoint
     assert int(module.load(checkpoint)[1]["step"]) == 12
+
+
+@pytest.mark.parametrize("mistake", ["float32 data", "labels out of range", "no such file", "not an npz",
+                                     "zero workers", "resume without a checkpoint"])
+def test_graphc_train_says_a_data_mistake_in_one_line(client, data, tmp_path, capsys, mistake):
+    """Mistakes in the data or the flags end ``graphc train`` with one line and status 2, whichever worker met them
+    (they printed a traceback through the cluster's code)."""
+    _, X, T = data
+    (tmp_path / "tiny.py").write_text(MODEL)
+    path = tmp_path / "data.npz"
+    arrays = {"x": X.astype(np.float32) if mistake == "float32 data" else X,
+              "t": T + 10 if mistake == "labels out of range" else T}
+    np.savez(path, **arrays)
+    if mistake == "not an npz":
+        path.write_bytes(b"not a zip file")
+    flags = {"zero workers": ["--workers", "0"], "resume without a checkpoint": ["--resume"]}.get(mistake, [])
+    data_path = tmp_path / "missing.npz" if mistake == "no such file" else path
+    args = ["train", str(tmp_path / "tiny.py"), "--data", str(data_path), "-o", str(tmp_path), "--batch-size", "16",
+            *(flags or ["--scheduler", client.scheduler.address])]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()  # after the progress bar, if training started
+    assert err.splitlines()[-1].startswith("graphc train: ") and "Traceback" not in err, err

@@ -123,3 +123,21 @@ def test_a_graph_gives_its_tensors_by_name():
     assert g["x"].id == x.id and g["W"].id == W.id and g["y"].id == g.outputs["y"]
     with pytest.raises(gc.GraphError, match="no input, param or output 'z'"):
         g["z"]
+
+
+def test_equality_of_tensors_is_elementwise_and_a_tensor_has_no_truth_value():
+    """x == 1 and x != 1 compare elementwise, as in NumPy (they were Python's identity: False and True, which
+    gc.where took as its condition); a tensor in an ``if`` is refused; handles stay usable as dict keys."""
+    m = gc.dim("m")
+    with gc.Graph("eq") as g:
+        x = gc.input("x", (m, 4), dtype="float64")
+        g.output(y=gc.where(x == 1, 100.0, x), z=gc.where(x != 1, 100.0, x), r=gc.where(2 == x, 1.0, 0.0))
+        assert {x: "kept"}[x] == "kept"
+        with pytest.raises(gc.GraphError, match="no truth value"):
+            bool(x > 0)
+    X = np.array([[0.0, 1.0, 2.0, 3.0]])
+    for level in (0, 2):
+        got = gc.compile(g, opt_level=level)({"x": X})
+        np.testing.assert_array_equal(got["y"], np.where(X == 1, 100.0, X))
+        np.testing.assert_array_equal(got["z"], np.where(X != 1, 100.0, X))
+        np.testing.assert_array_equal(got["r"], (X == 2).astype(float))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,7 +35,13 @@ def dask_arrays(args, names, workers: int) -> list:
     """The arrays of ``--data`` named ``names``, as dask arrays cut into pieces along the rows (``--chunks``)."""
     import dask.array as da
 
-    with np.load(args.data, allow_pickle=False) as data:
+    try:
+        data = np.load(args.data, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise GraphError(f"--data {args.data}: not an .npz of arrays written by np.savez ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise GraphError(f"--data {args.data}: one array, not an .npz of arrays by input name (np.savez)")
+    with data:
         missing = [n for n in names if n not in data.files]
         if missing:
             raise GraphError(f"--data {args.data}: no array named {', '.join(missing)} (it has "
@@ -47,15 +54,39 @@ def dask_arrays(args, names, workers: int) -> list:
     return [da.from_array(a, chunks=(max(rows, 1), *a.shape[1:])) for a in arrays]
 
 
+def check_arguments(args, checkpoint: Path) -> None:
+    """The flags' mistakes, said before a cluster starts."""
+    for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers), ("--epochs", args.epochs),
+                        ("--chunks", args.chunks or 1), ("--checkpoint-every", args.checkpoint_every or 1)):
+        if value < 1:
+            raise GraphError(f"{flag} {value}: must be at least 1")
+    if not Path(args.data).is_file():
+        raise GraphError(f"--data {args.data}: no such file")
+    if args.resume and not checkpoint.is_file():
+        raise GraphError(f"--resume: no checkpoint at {checkpoint} yet (train once without --resume)")
+
+
 def train(args, module_path: Path, name: str) -> int:
-    """Train the module of graph ``name`` at ``module_path`` with the flags of ``graphc train``; say what it did."""
+    """Train the module of graph ``name`` at ``module_path`` with the flags of ``graphc train``; say what it did.
+    A mistake in the data (a dtype, a shape, a label out of range, NaN, a file that is not an .npz) is said in one
+    line, whichever worker met it."""
+    checkpoint = Path(args.checkpoint or module_path.with_name(f"{name}_checkpoint.npz"))
+    check_arguments(args, checkpoint)
+    try:
+        return _train(args, module_path, checkpoint)
+    except GraphError:
+        raise
+    except (ValueError, TypeError, OSError, FloatingPointError, zipfile.BadZipFile) as exc:
+        raise GraphError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _train(args, module_path: Path, checkpoint: Path) -> int:
     try:
         from distributed import Client, LocalCluster
 
         from graphc.dask import fit
     except ImportError as exc:
         raise GraphError(f"graphc train needs Dask: pip install 'graphc[dask]' ({exc})") from None
-    checkpoint = Path(args.checkpoint or module_path.with_name(f"{name}_checkpoint.npz"))
     module = load_module(module_path)
     params, state = module.load(checkpoint) if args.resume else (None, None)
     local = None if args.scheduler else LocalCluster(n_workers=args.workers, threads_per_worker=1,

@@ -347,6 +347,7 @@ greater_equal = comparison("greater_equal", sympy.GreaterThan)
 less = comparison("less", sympy.StrictLessThan)
 less_equal = comparison("less_equal", sympy.LessThan)
 equal = comparison("equal", sympy.Eq)
+not_equal = comparison("not_equal", sympy.Ne)
 
 
 # -- the reference interpretation of an expression (independent of every backend's printer) --------

@@ -5,7 +5,7 @@ import operator
 
 from graphc.core.errors import GraphError
 from graphc.dsl import Tensor
-from graphc.ops.elementwise import elementwise, greater, greater_equal, less, less_equal
+from graphc.ops.elementwise import elementwise, equal, greater, greater_equal, less, less_equal, not_equal
 from graphc.ops.functions import abs_, neg
 from graphc.ops.indexing import take
 from graphc.ops.linalg import matmul
@@ -36,6 +36,17 @@ Tensor.__gt__ = greater
 Tensor.__ge__ = greater_equal
 Tensor.__lt__ = less
 Tensor.__le__ = less_equal
+Tensor.__eq__ = equal  # x == 1 is elementwise, as in NumPy (else Python compares the handles: False)
+Tensor.__ne__ = not_equal
+Tensor.__hash__ = object.__hash__  # handles stay usable as dict keys
+
+
+def _no_truth_value(self):
+    raise GraphError(f"{self.node.label} {self.shape}: a tensor has no truth value while the graph is built (its "
+                     "values exist only when the file runs); choose elementwise with gc.where(condition, a, b)")
+
+
+Tensor.__bool__ = _no_truth_value
 Tensor.__matmul__ = matmul
 Tensor.__rmatmul__ = lambda self, other: matmul(other, self)
 
