@@ -135,3 +135,27 @@ def test_symbolic_dims_bind_through_expressions():
     g.evaluate({"x": np.ones((2, 784), np.float32), "flat": np.ones(56, np.float32)})
     with raises(r"input 'flat' expects shape \(28\*m,\), got \(57,\)"):
         g.evaluate({"x": np.ones((2, 784), np.float32), "flat": np.ones(57, np.float32)})
+
+
+def test_a_training_step_without_its_state_says_so(tmp_path):
+    """Adam keeps state: a train_step given none, or a save without it, names the state and how to get it (the
+    message spoke of 'feeds')."""
+    m = gc.dim("m")
+    with gc.Graph("adam_state") as g:
+        x, t = gc.input("x", (m, 4)), gc.input("t", (m,), dtype="int64")
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ gc.param("W", (4, 3)), t)))
+    prog = gc.compile(g, loss="loss", optimizer=gc.Adam(0.01))
+    params, batch = prog.init_params(0), {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}
+    with pytest.raises(ValueError, match=r"state must be a dict .* expected step, m_W, v_W \(state = init_state"):
+        prog.train_step(params, batch, None)
+    with pytest.raises(ValueError, match=r"missing state \['step', 'm_W', 'v_W'\]"):
+        prog.module.save(tmp_path / "unused.npz", params)
+
+
+def test_compiling_a_training_step_for_a_loss_that_is_not_a_scalar():
+    """The reason and the remedy, as gc.grad says them (it showed the internal seed node)."""
+    m = gc.dim("m")
+    with gc.Graph("vector_loss") as g:
+        g.output(loss=gc.input("x", (m, 4)) @ gc.param("W", (4, 3)))
+    with pytest.raises(gc.GraphError, match=r"training: output 'loss' has shape \(m, 3\), not a scalar.*gc\.mean"):
+        gc.compile(g, loss="loss", optimizer=gc.SGD(0.1))

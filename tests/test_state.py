@@ -65,7 +65,7 @@ def test_state_arrays_are_checked_like_params():
         prog.train_step(params, batch, {"centre": np.zeros(4, np.float32)})
     with pytest.raises(ValueError, match=r"centre expects shape \(4,\)"):
         prog.train_step(params, batch, {"centre": np.zeros(5)})
-    with pytest.raises(ValueError, match="missing feeds"):
+    with pytest.raises(ValueError, match=r"missing state \[.centre.\]"):
         prog.train_step(params, batch, {})
     with pytest.raises(ValueError, match="W expects"):
         prog.init_state({"W": np.zeros((3, 3))})

@@ -7,7 +7,7 @@ from graphc.core.errors import GraphError
 from graphc.core.ir import Rebuild
 from graphc.dsl import Tensor, fill, input, param, state
 from graphc.ops.elementwise import arg, ew
-from graphc.transforms.autodiff import grad
+from graphc.transforms.autodiff import check_scalar, grad
 from graphc.transforms.sharded import M_TOTAL, shard_share
 
 
@@ -20,6 +20,7 @@ def training_graph(graph, loss: str, optimizer):
         raise GraphError(f"training: graph {graph.name!r} has no params to train")
     new = Rebuild(graph).run()
     params = [Tensor(new, new.params[name]) for name in graph.params]
+    check_scalar(Tensor(new, new.outputs[loss]), "training")
     grads = gradients(new, Tensor(new, new.outputs[loss]), params, optimizer)
     apply_rule(new, params, grads, optimizer)
     return new

@@ -54,6 +54,18 @@ def backprop(graph: Graph, loss: int, wrt: list[int], seed: Tensor) -> list[Tens
     return out
 
 
+def check_scalar(y: Tensor, who: str) -> None:
+    """Refuse a loss that is not a scalar, saying why a gradient needs one and what to do instead."""
+    if y.shape:
+        name = repr(y.name) if y.name else f"{y.node.op}#{y.id}"
+        raise GraphError(
+            f"{who}: output {name} has shape {shapes.fmt(y.shape)}, not a scalar. A gradient needs a scalar "
+            f"loss: its derivative w.r.t. each parameter is then an array of the parameter's shape. "
+            f"Reduce it first, e.g. gc.mean({y.name or 'losses'}) or gc.sum(...) (a mean over the batch puts "
+            f"1/m into the backward pass)" + (f", or pass seed= (a tensor of shape {shapes.fmt(y.shape)}) to get "
+                                              "the vector-Jacobian product seedᵀ·J." if who == "grad" else "."))
+
+
 def grad(y: Tensor, wrt, seed: Tensor | None = None):
     """Gradient of the scalar ``y`` w.r.t. ``wrt`` (a tensor or a list), as new graph tensors.
 
@@ -73,14 +85,7 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
     if not is_float(y.dtype):
         raise GraphError(f"grad: {y.node.label} has dtype {y.dtype}; only float outputs have gradients")
     if seed is None:
-        if y.shape:
-            name = repr(y.name) if y.name else f"{y.node.op}#{y.id}"
-            raise GraphError(
-                f"grad: output {name} has shape {shapes.fmt(y.shape)}, not a scalar. A gradient needs a scalar "
-                f"loss: its derivative w.r.t. each parameter is then an array of the parameter's shape. "
-                f"Either reduce it first, e.g. gc.mean({y.name or 'losses'}) or gc.sum(...) (a mean over the "
-                f"batch puts 1/m into the backward pass), or pass seed= (a tensor of shape "
-                f"{shapes.fmt(y.shape)}) to get the vector-Jacobian product seedᵀ·J.")
+        check_scalar(y, "grad")
         seed_t = None
     else:
         if not isinstance(seed, Tensor) or seed.graph is not graph:

@@ -35,14 +35,18 @@ PREDICTS = ('y',)
 
 
 def _explain(feeds, names):
-    """The error for feeds that are not a dict of exactly the expected names."""
+    """The error for feeds that are not a dict of exactly the expected names: the optimizer's state is named as
+    such (the call that lacks it was given no state, or a checkpoint of another optimizer)."""
+    kind = "state" if names and set(names) <= set(globals().get("STATE", ())) else "feeds"
     if not isinstance(feeds, dict):
-        raise ValueError(f"feeds must be a dict of name -> array, not {type(feeds).__name__}")
+        hint = " (state = init_state(params), or the state load() returns)" if kind == "state" else ""
+        raise ValueError(f"{kind} must be a dict of name -> array, not {type(feeds).__name__}: expected "
+                         f"{', '.join(names)}{hint}")
     extra = sorted(set(feeds) - set(names))
     if extra:
-        raise ValueError(f"unknown feeds {extra}; expected {sorted(names)}")
+        raise ValueError(f"unknown {kind} {extra}; expected {sorted(names)}")
     missing = [n for n in names if n not in feeds]
-    raise ValueError(f"missing feeds {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
+    raise ValueError(f"missing {kind} {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
 
 
 def _shape_of(feeds, name, axis):
