@@ -90,8 +90,13 @@ def save(path, params, state=None):
 
 def _read_checkpoint(path):
     """(params, state) as host arrays from a file written by ``save``: no pickles, exactly the declared arrays."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged, truncated, one array, pickles: each its own exception type
+        raise ValueError(f"{path} is not a checkpoint written by save: {type(exc).__name__}: {exc}") from None
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
     if len(params) + len(state) != len(arrays):

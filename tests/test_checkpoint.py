@@ -112,3 +112,21 @@ def test_gpu_checkpoints_hold_device_arrays_and_a_host_step_counter(tmp_path):
     for name, value in {**params, **state}.items():
         again = loaded_params.get(name, loaded_state.get(name))
         assert np.array_equal(cp.asnumpy(cp.asarray(again)), cp.asnumpy(cp.asarray(value))), name
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "one array"])
+def test_load_of_a_damaged_file_says_it_is_not_a_checkpoint(module, tmp_path, damage):
+    """A file save did not write, or one cut short, is a ValueError naming the file (it was zipfile's, NumPy's or
+    EOFError, depending on the damage)."""
+    params = module.init_params(0)
+    path = tmp_path / "ckpt.npz"
+    module.save(path, params, module.init_state(params))
+    whole = path.read_bytes()
+    if damage == "one array":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path = path.with_suffix(".npy")
+    else:
+        path.write_bytes({"garbage": b"not a checkpoint at all", "truncated": whole[: len(whole) // 2],
+                          "empty": b""}[damage])
+    with pytest.raises(ValueError, match=rf"{path.name} is not a checkpoint written by save"):
+        module.load(path)

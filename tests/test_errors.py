@@ -28,12 +28,23 @@ def test_broadcast_failure_names_op_and_shapes():
 
 
 @pytest.mark.parametrize("call", [lambda x: gc.sum(x, axis=2), lambda x: gc.softmax(x, axis=-3),
-                                  lambda x: gc.mean(x, axis=(0, 0))])
+                                  lambda x: gc.mean(x, axis=(0, 0)), lambda x: gc.max(x, axis=1.0),
+                                  lambda x: gc.sum(x, axis=True)])
 def test_bad_axis(call):
     with gc.Graph("bad"):
         x = gc.input("x", (m, 3))
-        with raises(r"axis .* out of range for a 2-d tensor.*'x' \(m, 3\)"):
+        with raises(r"axis .* is not an axis of a 2-d tensor \(distinct ints from -2 to 1\).*'x' \(m, 3\)"):
             call(x)
+
+
+def test_an_axis_may_be_a_numpy_integer():
+    with gc.Graph("numpy_axis") as g:
+        x = gc.input("x", (m, 3), dtype="float64")
+        g.output(s=gc.sum(x, axis=np.int64(1)), sm=gc.softmax(x, axis=np.int32(-1)))
+    X = np.arange(6.0).reshape(2, 3)
+    got = gc.compile(g)({"x": X})
+    np.testing.assert_allclose(got["s"], X.sum(axis=1))
+    np.testing.assert_allclose(got["sm"], np.exp(X) / np.exp(X).sum(axis=1, keepdims=True))
 
 
 def test_reshape_element_count():
@@ -159,3 +170,25 @@ def test_compiling_a_training_step_for_a_loss_that_is_not_a_scalar():
         g.output(loss=gc.input("x", (m, 4)) @ gc.param("W", (4, 3)))
     with pytest.raises(gc.GraphError, match=r"training: output 'loss' has shape \(m, 3\), not a scalar.*gc\.mean"):
         gc.compile(g, loss="loss", optimizer=gc.SGD(0.1))
+
+
+@pytest.mark.parametrize("kind", ["param", "input"])
+def test_a_tensor_named_like_the_step_counter(kind):
+    """Adam counts steps in the state entry 'step': a tensor of the user's of that name is refused when the training
+    step is built (the file raised NameError, or spoke of the user's input as the counter)."""
+    with gc.Graph("named_step") as g:
+        x, t = gc.input("x", (m, 4)), gc.input("t", (m,), dtype="int64")
+        w = gc.param("step", (4, 3)) if kind == "param" else gc.param("W", (4, 3))
+        extra = gc.input("step", (m, 3)) if kind == "input" else 0
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ w + extra, t)))
+    with raises(r"Adam\(.*\) counts training steps in the state entry 'step', but graph 'named_step' already has"):
+        gc.compile(g, loss="loss", optimizer=gc.Adam(0.01))
+    gc.compile(g, loss="loss", optimizer=gc.SGD(0.1))  # plain SGD counts no steps: the name is free
+
+
+@pytest.mark.parametrize("k", [4.0, 2.5, -2, 0, True, "3"])
+def test_one_hot_needs_a_positive_count_of_classes(k):
+    with gc.Graph("one_hot_k"):
+        t = gc.input("t", (m,), dtype="int64")
+        with raises(r"one_hot: k \(the number of classes\) must be a positive int or dim"):
+            gc.one_hot(t, k)

@@ -95,5 +95,6 @@ def reduced_shape(dims, axes, keepdims: bool):
 def check_axes(op: str, axis, node):
     axes = shapes.normalize_axes(axis, len(node.shape))
     if axes is None:
-        raise fail(op, f"axis {axis!r} is out of range for a {len(node.shape)}-d tensor", node)
+        n = len(node.shape)
+        raise fail(op, f"axis {axis!r} is not an axis of a {n}-d tensor (distinct ints from {-n} to {n - 1})", node)
     return axes

@@ -1,6 +1,8 @@
 """Symbolic shapes: dims are sympy expressions (``m``, ``m*28``, integers); NumPy broadcasting on them."""
 from __future__ import annotations
 
+import operator
+
 import sympy
 
 from graphc.core.errors import GraphError
@@ -75,13 +77,17 @@ def unbroadcast_axes(src: Shape, target: Shape) -> tuple[tuple[int, ...], bool]:
 
 
 def normalize_axes(axis, ndim: int) -> tuple[int, ...] | None:
-    """``axis`` (None, int or tuple) as sorted non-negative ints; None where one is out of range."""
+    """``axis`` (None, an int, a NumPy int or a tuple of them) as sorted non-negative ints; None where one is out
+    of range, repeated or not an integer (a float, a bool)."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            return None
+        a = operator.index(a)
+        if not -ndim <= a < ndim:
             return None
         out.append(a % ndim)
     if len(set(out)) != len(out):

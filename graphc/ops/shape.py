@@ -2,6 +2,8 @@
 slicing and its gradient, one_hot."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import sympy
 
@@ -389,4 +391,8 @@ def one_hot(labels: Tensor, k: int, dtype: str = "float32") -> Tensor:
     """``(…, k)`` array with a 1 at each label's class."""
     if not is_float(dtype):
         raise GraphError(f"one_hot: dtype must be float32 or float64, not {dtype}")
-    return apply("one_hot", [labels], k=sympy.sympify(k), dtype=dtype)
+    classes = k if isinstance(k, sympy.Expr) else None if isinstance(k, bool) or not hasattr(k, "__index__") \
+        else sympy.Integer(operator.index(k))
+    if classes is None or not (classes.is_integer and classes.is_positive):
+        raise GraphError(f"one_hot: k (the number of classes) must be a positive int or dim, not {k!r}")
+    return apply("one_hot", [labels], k=classes, dtype=dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from graphc.core.errors import GraphError
 from graphc.core.ir import Rebuild
-from graphc.dsl import Tensor, fill, input, param, state
+from graphc.dsl import STEP_COUNTER, Tensor, fill, input, param, state
 from graphc.ops.elementwise import arg, ew
 from graphc.transforms.autodiff import check_scalar, grad
 from graphc.transforms.sharded import M_TOTAL, shard_share
@@ -41,6 +41,9 @@ def apply_rule(graph, params: list[Tensor], grads: list[Tensor], optimizer) -> N
     graph.hypers["lr"] = optimizer.learning_rate()
     graph.scalars.update(optimizer.scalars())
     graph.update_rule = optimizer.describe()
+    if graph.counts_steps() and STEP_COUNTER in graph.fed():
+        raise GraphError(f"{optimizer.describe()} counts training steps in the state entry {STEP_COUNTER!r}, but "
+                         f"graph {graph.name!r} already has a tensor {STEP_COUNTER!r}: rename it")
 
 
 def update_graph(graph, optimizer):
