@@ -1,5 +1,8 @@
 """The public API, gathered from the layers below (the program layer): what ``graphc`` re-exports, and the
 namespace modules of the layer above (the ONNX importer) build graphs with."""
+import functools
+import inspect
+
 from graphc.core.errors import GraphError
 from graphc.core.files import load_module
 from graphc.core.registry import OPS
@@ -35,3 +38,26 @@ __all__ = [
     "conv2d", "max_pool2d", "avg_pool2d", "flatten", "dropout", "random_normal", "random_uniform",
     "clipped_mean_grads", "per_example_grads", "per_example_norms",
 ]
+
+
+def _tensor_operands_checked(fn, name: str):
+    """``fn`` refusing, by name, a NumPy array, a list or a number where its signature declares a tensor (it
+    failed deep inside, on a missing attribute)."""
+    signature = inspect.signature(fn)
+    declared = [p for p, v in signature.parameters.items() if str(v.annotation).startswith("Tensor")]
+    if not declared:
+        return fn
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        given = signature.bind_partial(*args, **kwargs).arguments
+        for p in declared:
+            if p in given and given[p] is not None and not isinstance(given[p], Tensor):
+                raise GraphError(f"{name}: {p} must be a tensor of the graph, not {type(given[p]).__name__} "
+                                 "(gc.const holds a fixed array)")
+        return fn(*args, **kwargs)
+    return checked
+
+
+globals().update({name: _tensor_operands_checked(globals()[name], name) for name in __all__
+                  if inspect.isfunction(globals()[name])})

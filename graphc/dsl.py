@@ -68,6 +68,10 @@ class Tensor:
 
 def apply(op: str, inputs, graph: Graph | None = None, name: str | None = None, **attrs) -> Tensor:
     """Add ``op(inputs; attrs)`` to the inputs' graph, shape-checked by the op's rule."""
+    stray = [type(t).__name__ for t in inputs if not isinstance(t, Tensor)]
+    if stray:
+        raise GraphError(f"{op}: operands must be tensors of the graph, not {', '.join(stray)} (gc.const holds a "
+                         "fixed array)")
     graph = graph or same_graph(op, inputs)
     nodes = [graph.nodes[t.id] for t in inputs]
     shape, dtype = OPS[op].infer(nodes, attrs)

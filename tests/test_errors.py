@@ -192,3 +192,21 @@ def test_one_hot_needs_a_positive_count_of_classes(k):
         t = gc.input("t", (m,), dtype="int64")
         with raises(r"one_hot: k \(the number of classes\) must be a positive int or dim"):
             gc.one_hot(t, k)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda x: gc.concat([x, np.zeros((1, 4), np.float32)]), r"concat: operands must be tensors of the graph, not "
+                                                                r"ndarray"),
+    (lambda x: gc.sum(np.ones(3)), r"sum: x must be a tensor of the graph, not ndarray"),
+    (lambda x: gc.reshape([1, 2], (2,)), r"reshape: x must be a tensor of the graph, not list"),
+    (lambda x: gc.broadcast_to(1.0, (m, 4)), r"broadcast_to: x must be a tensor of the graph, not float"),
+    (lambda x: gc.grad(1.0, [x]), r"grad: y must be a tensor of the graph, not float"),
+    (lambda x: gc.layer_norm(x, gamma=np.ones(4, np.float32)), r"layer_norm: gamma must be a tensor of the graph"),
+    (lambda x: gc.softmax_cross_entropy(np.ones((2, 3)), x), r"softmax_cross_entropy: logits must be a tensor"),
+])
+def test_an_array_where_a_tensor_is_declared_is_refused_by_name(call, message):
+    """It failed deep inside on a missing attribute, or on NumPy's 'truth value of an array is ambiguous'."""
+    with gc.Graph("arrays"):
+        x = gc.input("x", (m, 4))
+        with raises(message + r".*gc\.const holds a fixed array"):
+            call(x)

@@ -40,13 +40,6 @@ Tensor.__eq__ = equal  # x == 1 is elementwise, as in NumPy (else Python compare
 Tensor.__ne__ = not_equal
 Tensor.__hash__ = object.__hash__  # handles stay usable as dict keys
 
-
-def _no_truth_value(self):
-    raise GraphError(f"{self.node.label} {self.shape}: a tensor has no truth value while the graph is built (its "
-                     "values exist only when the file runs); choose elementwise with gc.where(condition, a, b)")
-
-
-Tensor.__bool__ = _no_truth_value
 Tensor.__matmul__ = matmul
 Tensor.__rmatmul__ = lambda self, other: matmul(other, self)
 

@@ -204,7 +204,8 @@ defop("pick", infer=_pick_infer, impl=_pick_impl, class_ids=lambda node, ins: [(
 
 
 # -- layer normalization: a composite ----------------------------------------------------------------------------
-def layer_norm(x: Tensor, gamma=None, beta=None, axis=-1, eps: float = 1e-5) -> Tensor:
+def layer_norm(x: Tensor, gamma: Tensor | None = None, beta: Tensor | None = None, axis=-1,
+               eps: float = 1e-5) -> Tensor:
     """``(x − mean) / sqrt(var + eps) · gamma + beta`` over ``axis`` (an int or a tuple; the variance with
     ``ddof=0``, as PyTorch's ``layer_norm``); ``gamma`` and ``beta`` broadcast against ``x``, None leaves them out."""
     axes = check_axes("layer_norm", axis, x.node)
@@ -255,7 +256,8 @@ def _channel_operand(what: str, t, x: Tensor, channels, dtype: bool = False) -> 
         raise fail("batch_norm", f"{what} must have shape {need}: one value per channel of axis 1", x.node, t.node)
 
 
-def batch_norm(x: Tensor, gamma=None, beta=None, running_mean=None, running_var=None, momentum: float = 0.1,
+def batch_norm(x: Tensor, gamma: Tensor | None = None, beta: Tensor | None = None,
+               running_mean: Tensor | None = None, running_var: Tensor | None = None, momentum: float = 0.1,
                eps: float = 1e-5) -> Tensor:
     """Batch normalization over axis 1 of ``x`` ((m, C), (m, C, H, W) or any rank ≥ 2), as PyTorch's
     ``batch_norm`` in training mode: each channel normalized by the mean and the variance (``ddof=0``) of its values
