@@ -374,7 +374,7 @@ class ModuleEmitter:
     ARRAY = ""  # what the checks accept as an array
     LOWERINGS: Lowerings = Lowerings()
     RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers,  # helpers every module carries
-                      runtime._buffers, runtime._check_classes, runtime._only)
+                      runtime._buffers, runtime._check_classes, runtime._only, runtime._writable)
     NUMERICS: tuple = ()  # helpers of check_numerics
     GEMV_SUMS = False  # a float sum over leading axes as ones @ matrix (where the BLAS product beats the reduction)
 
@@ -844,6 +844,7 @@ class ModuleEmitter:
             w.line(f"dims = _check(batch, {tuple(inputs)!r})")
             w.line(f"_check(params, {tuple(params)!r}, dims)")
             self._state_check(w, "dims")
+            w.line("_writable(params, state)")
             self._host_scalars(w, t)
             self._to_device(w, "batch", "params", *(["state"] if state else []))
             w.line("B = _buffers(_train_cache, dims, _train_allocate)")
@@ -884,6 +885,7 @@ class ModuleEmitter:
             w.line(f"_check(params, {tuple(params)!r}, _ANY_DIMS)")
             w.line(f"_check(grads, {tuple(params)!r}, _ANY_DIMS)  # a gradient has its param's shape and dtype")
             self._state_check(w, "_ANY_DIMS")
+            w.line("_writable(params, state)")
             self._host_scalars(w, u)
             self._to_device(w, "grads", "params", *(["state"] if self.state_names() else []))
             w.line("B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)")

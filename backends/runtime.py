@@ -18,6 +18,16 @@ def _explain(feeds, names):
     raise ValueError(f"missing {kind} {missing}: " + ", ".join(f"{n} {_SPEC[n][0]}" for n in missing))
 
 
+def _writable(params, state):
+    """Params and state are written in place: a read-only one (a memory-mapped checkpoint) is refused before any
+    array is written, so no step is half taken."""
+    for kind, arrays in (("param", params), ("state", state or {})):
+        for name, a in arrays.items():
+            if not getattr(a.flags, "writeable", True):
+                raise ValueError(f"{kind} {name} is read-only, and the step updates it in place: pass a writable "
+                                 "copy (np.array(a))")
+
+
 def _shape_of(feeds, name, axis):
     """The size of one axis of a feed: how a symbolic dim is bound."""
     shape = getattr(feeds[name], "shape", None)

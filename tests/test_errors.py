@@ -210,3 +210,33 @@ def test_an_array_where_a_tensor_is_declared_is_refused_by_name(call, message):
         x = gc.input("x", (m, 4))
         with raises(message + r".*gc\.const holds a fixed array"):
             call(x)
+
+
+@pytest.mark.parametrize("index,message", [
+    (lambda x: x[:, ::1.5], r"step 1\.5 on axis 1 is not an int"),
+    (lambda x: x[:, 1.5:], r"start 1\.5 on axis 1 is not an int or a dim"),
+    (lambda x: x[::m], r"step m on axis 0 is not an int"),
+    (lambda x: x[:, True:], r"start True on axis 1 is not an int or a dim"),
+])
+def test_a_slice_bound_that_is_not_an_int(index, message):
+    """NumPy refuses float bounds; they were truncated (x[:, ::1.5] was x) or raised sympy's TypeError."""
+    with gc.Graph("float_slices"):
+        x = gc.input("x", (m, 4))
+        with raises(r"slice: " + message):
+            index(x)
+        assert x[:, np.int64(1):].shape[1] == 3 and x[: m - 1].shape[0] == m - 1  # NumPy ints and dims are bounds
+
+
+def test_a_read_only_param_is_refused_before_any_array_is_written():
+    """A memory-mapped checkpoint's params are read-only: Adam's step wrote m and v, then failed on W (half a
+    step); now nothing is written."""
+    with gc.Graph("read_only") as g:
+        x, t = gc.input("x", (m, 4)), gc.input("t", (m,), dtype="int64")
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ gc.param("W", (4, 3)), t)))
+    prog = gc.compile(g, loss="loss", optimizer=gc.Adam(0.01))
+    params = prog.init_params(0)
+    state = prog.init_state(params)
+    params["W"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"param W is read-only, and the step updates it in place"):
+        prog.train_step(params, {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}, state)
+    assert int(state["step"]) == 0 and not state["m_W"].any() and not state["v_W"].any()

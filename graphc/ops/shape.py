@@ -315,7 +315,7 @@ def _bound(value, d, default, step=1):
         return sympy.sympify(default)
     if isinstance(value, sympy.Expr):
         return value
-    value = int(value)
+    value = operator.index(value)
     if value < 0:
         value = d + value
         if value.is_number and value < 0:
@@ -323,6 +323,11 @@ def _bound(value, d, default, step=1):
     elif d.is_number:
         value = min(value, int(d) - (step < 0))
     return sympy.sympify(value)
+
+
+def _integral(v) -> bool:
+    """An int or a NumPy int (a bool or a float is not an index)."""
+    return not isinstance(v, bool) and hasattr(v, "__index__")
 
 
 def _axis_index(axis, k, d, x):
@@ -334,7 +339,12 @@ def _axis_index(axis, k, d, x):
         start = _bound(k, d, 0)
         return start, start + 1, 1
     if isinstance(k, slice):
-        step = 1 if k.step is None else int(k.step)
+        for part, v in (("start", k.start), ("stop", k.stop)):
+            if not (v is None or _integral(v) or isinstance(v, sympy.Expr) and v.is_integer):
+                raise fail("slice", f"{part} {v!r} on axis {axis} is not an int or a dim", x.node)
+        if not (k.step is None or _integral(k.step)):
+            raise fail("slice", f"step {k.step!r} on axis {axis} is not an int", x.node)
+        step = 1 if k.step is None else operator.index(k.step)
         if step == 0:
             raise fail("slice", f"step 0 on axis {axis}", x.node)
         if step < 0:

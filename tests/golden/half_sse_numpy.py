@@ -98,6 +98,16 @@ def _only(feeds, names):
     return {name: value for name, value in feeds.items() if name in names or name not in _SPEC}
 
 
+def _writable(params, state):
+    """Params and state are written in place: a read-only one (a memory-mapped checkpoint) is refused before any
+    array is written, so no step is half taken."""
+    for kind, arrays in (("param", params), ("state", state or {})):
+        for name, a in arrays.items():
+            if not getattr(a.flags, "writeable", True):
+                raise ValueError(f"{kind} {name} is read-only, and the step updates it in place: pass a writable "
+                                 "copy (np.array(a))")
+
+
 
 def _dims(feeds):
     """The symbolic dims, in DIMS order, read off the feeds and checked against the sizes the ops need."""
@@ -275,6 +285,7 @@ def train_step(params, batch, state=None, lr=0.1):
     dims = _check(batch, ('x', 't'))
     _check(params, ('W',), dims)
     _check({} if state is None else state, (), dims)
+    _writable(params, state)
     B = _buffers(_train_cache, dims, _train_allocate)
     return _train(B, dims[0], batch['x'], batch['t'], params['W'], lr)
 
@@ -346,6 +357,7 @@ def apply_update(params, state, grads, lr=0.1):
     _check(params, ('W',), _ANY_DIMS)
     _check(grads, ('W',), _ANY_DIMS)  # a gradient has its param's shape and dtype
     _check({} if state is None else state, (), _ANY_DIMS)
+    _writable(params, state)
     B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)
     return _update(B, _ANY_DIMS[0], grads['W'], params['W'], lr)
 
