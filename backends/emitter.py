@@ -374,7 +374,7 @@ class ModuleEmitter:
     ARRAY = ""  # what the checks accept as an array
     LOWERINGS: Lowerings = Lowerings()
     RUNTIME: tuple = (runtime._explain, runtime._shape_of, runtime._Buffers,  # helpers every module carries
-                      runtime._buffers, runtime._check_classes, runtime._only, runtime._writable)
+                      runtime._buffers, runtime._check_classes, runtime._only, runtime._writable, runtime._real)
     NUMERICS: tuple = ()  # helpers of check_numerics
     GEMV_SUMS = False  # a float sum over leading axes as ones @ matrix (where the BLAS product beats the reduction)
 
@@ -804,6 +804,8 @@ class ModuleEmitter:
         for name in self._scheduled(graph):
             with w.block(f"if {name} is None:"):
                 w.line(f"{name} = {name}_at(step)")
+        for name in graph.hypers:
+            w.line(f"{name} = _real({name!r}, {name})")
         self._train_args(w, graph.hypers)
         host = HostPrinter()
         for name, expr in graph.scalars.items():

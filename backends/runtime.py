@@ -28,6 +28,15 @@ def _writable(params, state):
                                  "copy (np.array(a))")
 
 
+def _real(name, value):
+    """A hyper-parameter a step is given (the learning rate), as a Python number: refused by name where it is not
+    one (None, a string, an array of several values)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, not {value!r}") from None
+
+
 def _shape_of(feeds, name, axis):
     """The size of one axis of a feed: how a symbolic dim is bound."""
     shape = getattr(feeds[name], "shape", None)

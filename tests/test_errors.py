@@ -240,3 +240,41 @@ def test_a_read_only_param_is_refused_before_any_array_is_written():
     with pytest.raises(ValueError, match=r"param W is read-only, and the step updates it in place"):
         prog.train_step(params, {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}, state)
     assert int(state["step"]) == 0 and not state["m_W"].any() and not state["v_W"].any()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda x: gc.std(x, axis=1, ddof=1), r"var: ddof=1 is not below the 1 elements it reduces"),
+    (lambda x: gc.var(x, ddof="1"), r"var: ddof must be a non-negative int, not '1'"),
+    (lambda x: gc.var(x, axis=1, ddof=-1), r"var: ddof must be a non-negative int, not -1"),
+])
+def test_a_variance_without_degrees_of_freedom(call, message):
+    """It raised sympy's KeyError('ComplexInfinity') at compile."""
+    with gc.Graph("ddof"):
+        x = gc.input("x", (m, 1))
+        with raises(message):
+            call(x)
+
+
+def test_a_dim_named_like_grad_steps_argument_refuses_grad_step_only():
+    """A dim 'm_total' made the file a SyntaxError (a duplicate argument); now grad_step alone is refused, saying
+    why, and the training step works."""
+    total = gc.dim("m_total")
+    with gc.Graph("named_m_total") as g:
+        x, t = gc.input("x", (total, 4)), gc.input("t", (total,), dtype="int64")
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ gc.param("W", (4, 3)), t)))
+    prog = gc.compile(g, loss="loss")
+    params, batch = prog.init_params(0), {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}
+    np.testing.assert_allclose(prog.train_step(params, batch)["loss"], np.log(3), rtol=1e-6)
+    with raises(r"grad_step: graph 'named_m_total' names a dim or tensor 'm_total'"):
+        prog.grad_step(params, batch, 2)
+
+
+@pytest.mark.parametrize("lr", [None, "fast", np.array([0.1, 0.2])])
+def test_a_learning_rate_that_is_not_a_number(lr):
+    """It failed in a generated statement (unary minus of None, a cast of object dtype, a broadcast)."""
+    with gc.Graph("bad_lr") as g:
+        x, t = gc.input("x", (m, 4)), gc.input("t", (m,), dtype="int64")
+        g.output(loss=gc.mean(gc.softmax_cross_entropy(x @ gc.param("W", (4, 3)), t)))
+    prog = gc.compile(g, loss="loss")
+    with pytest.raises(TypeError, match=r"lr must be a real number, not"):
+        prog.train_step(prog.init_params(0), {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}, lr=lr)

@@ -80,6 +80,9 @@ def grad_step_graph(graph, loss: str, optimizer):
     if graph.state:
         raise GraphError(f"grad_step: graph {graph.name!r} keeps state of its own ({', '.join(graph.state)}); "
                          "grad_step takes none and writes none")
+    if M_TOTAL.name in {d.name for d in graph.dims()} | set(graph.fed()):
+        raise GraphError(f"grad_step: graph {graph.name!r} names a dim or tensor {M_TOTAL.name!r}, grad_step's "
+                         "argument (the whole batch's examples): rename it")
     new = Rebuild(graph).run()
     share = shard_share(Tensor(new, new.outputs[loss]))
     params = [Tensor(new, nid) for nid in new.params.values()]

@@ -108,6 +108,15 @@ def _writable(params, state):
                                  "copy (np.array(a))")
 
 
+def _real(name, value):
+    """A hyper-parameter a step is given (the learning rate), as a Python number: refused by name where it is not
+    one (None, a string, an array of several values)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, not {value!r}") from None
+
+
 
 def _dims(feeds):
     """The symbolic dims, in DIMS order, read off the feeds and checked against the sizes the ops need."""
@@ -286,6 +295,7 @@ def train_step(params, batch, state=None, lr=0.1):
     _check(params, ('W',), dims)
     _check({} if state is None else state, (), dims)
     _writable(params, state)
+    lr = _real('lr', lr)
     B = _buffers(_train_cache, dims, _train_allocate)
     return _train(B, dims[0], batch['x'], batch['t'], params['W'], lr)
 
@@ -358,6 +368,7 @@ def apply_update(params, state, grads, lr=0.1):
     _check(grads, ('W',), _ANY_DIMS)  # a gradient has its param's shape and dtype
     _check({} if state is None else state, (), _ANY_DIMS)
     _writable(params, state)
+    lr = _real('lr', lr)
     B = _buffers(_update_cache, _ANY_DIMS, _update_allocate)
     return _update(B, _ANY_DIMS[0], grads['W'], params['W'], lr)
 
