@@ -164,7 +164,12 @@ def assign(target: Tensor, value: Tensor) -> None:
 def const(value, dtype: str | None = None, name: str | None = None) -> Tensor:
     """A constant array baked into the graph (and into generated code)."""
     g = active_graph("gc.const")
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nesting
+        raise GraphError(f"gc.const: {value!r} is not an array ({exc})") from None
+    if dtype is not None and dtype not in DTYPES:
+        raise GraphError(f"gc.const: unsupported dtype {dtype!r} (float32, float64, int64 or bool)")
     dtype = dtype or ("float32" if arr.dtype.kind == "f" else "int64" if arr.dtype.kind in "iu" else
                       "bool" if arr.dtype.kind == "b" else None)
     if dtype is None:

@@ -278,3 +278,22 @@ def test_a_learning_rate_that_is_not_a_number(lr):
     prog = gc.compile(g, loss="loss")
     with pytest.raises(TypeError, match=r"lr must be a real number, not"):
         prog.train_step(prog.init_params(0), {"x": np.ones((2, 4), np.float32), "t": np.array([0, 1])}, lr=lr)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: gc.dim(3), r"dim name 3 must be a Python identifier"),
+    (lambda: gc.Graph(None), r"graph name None must be a Python identifier"),
+])
+def test_a_name_that_is_not_a_string(call, message):
+    with raises(message):
+        call()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: gc.const([1.0], dtype="float16"), r"gc.const: unsupported dtype 'float16'"),
+    (lambda: gc.const([[1, 2], [3]]), r"gc.const: \[\[1, 2\], \[3\]\] is not an array"),
+])
+def test_a_constant_that_cannot_be_held(call, message):
+    with gc.Graph("constants"):
+        with raises(message):
+            call()

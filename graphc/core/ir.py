@@ -62,7 +62,7 @@ class Graph:
     """A static computation graph; also the ``with gc.Graph("name") as g:`` context of the DSL."""
 
     def __init__(self, name: str = "graph"):
-        if not name.isidentifier():
+        if not isinstance(name, str) or not name.isidentifier():
             raise GraphError(f"graph name {name!r} must be a Python identifier")
         self.name = name
         self.nx = nx.MultiDiGraph()

@@ -12,7 +12,7 @@ Shape = tuple  # of sympy expressions
 
 def dim(name: str) -> sympy.Symbol:
     """A symbolic dimension (a positive-integer sympy Symbol), e.g. the batch size ``m``."""
-    if not name.isidentifier() or name.startswith("_"):
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise GraphError(f"dim name {name!r} must be a Python identifier not starting with '_'")
     return sympy.Symbol(name, integer=True, positive=True)
 
