@@ -76,6 +76,11 @@ def unbroadcast_axes(src: Shape, target: Shape) -> tuple[tuple[int, ...], bool]:
     return tuple(axes), lead > 0 or len(axes) > lead
 
 
+def is_index(v) -> bool:
+    """An int or a NumPy int: what may stand for an axis, a count or a slice bound (a bool or a float may not)."""
+    return not isinstance(v, bool) and hasattr(v, "__index__")
+
+
 def normalize_axes(axis, ndim: int) -> tuple[int, ...] | None:
     """``axis`` (None, an int, a NumPy int or a tuple of them) as sorted non-negative ints; None where one is out
     of range, repeated or not an integer (a float, a bool)."""
@@ -84,7 +89,7 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...] | None:
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
-        if isinstance(a, bool) or not hasattr(a, "__index__"):
+        if not is_index(a):
             return None
         a = operator.index(a)
         if not -ndim <= a < ndim:

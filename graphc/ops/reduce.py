@@ -143,7 +143,7 @@ def var(x: Tensor, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     variance; PyTorch's ``var`` defaults to the unbiased ``ddof=1``."""
     axes = check_axes("var", axis, x.node)
     count = shapes.numel([x.shape[a] for a in axes])
-    if isinstance(ddof, bool) or not hasattr(ddof, "__index__") or ddof < 0:
+    if not shapes.is_index(ddof) or ddof < 0:
         raise fail("var", f"ddof must be a non-negative int, not {ddof!r}", x.node)
     if count.is_number and ddof >= count:
         raise fail("var", f"ddof={ddof} is not below the {count} elements it reduces (N − ddof must be positive)",

@@ -325,11 +325,6 @@ def _bound(value, d, default, step=1):
     return sympy.sympify(value)
 
 
-def _integral(v) -> bool:
-    """An int or a NumPy int (a bool or a float is not an index)."""
-    return not isinstance(v, bool) and hasattr(v, "__index__")
-
-
 def _axis_index(axis, k, d, x):
     """(start, stop, step) of one axis for an int or a slice ``k``."""
     if isinstance(k, (int, np.integer)):
@@ -340,9 +335,9 @@ def _axis_index(axis, k, d, x):
         return start, start + 1, 1
     if isinstance(k, slice):
         for part, v in (("start", k.start), ("stop", k.stop)):
-            if not (v is None or _integral(v) or isinstance(v, sympy.Expr) and v.is_integer):
+            if not (v is None or shapes.is_index(v) or isinstance(v, sympy.Expr) and v.is_integer):
                 raise fail("slice", f"{part} {v!r} on axis {axis} is not an int or a dim", x.node)
-        if not (k.step is None or _integral(k.step)):
+        if not (k.step is None or shapes.is_index(k.step)):
             raise fail("slice", f"step {k.step!r} on axis {axis} is not an int", x.node)
         step = 1 if k.step is None else operator.index(k.step)
         if step == 0:
@@ -401,8 +396,7 @@ def one_hot(labels: Tensor, k: int, dtype: str = "float32") -> Tensor:
     """``(…, k)`` array with a 1 at each label's class."""
     if not is_float(dtype):
         raise GraphError(f"one_hot: dtype must be float32 or float64, not {dtype}")
-    classes = k if isinstance(k, sympy.Expr) else None if isinstance(k, bool) or not hasattr(k, "__index__") \
-        else sympy.Integer(operator.index(k))
+    classes = k if isinstance(k, sympy.Expr) else sympy.Integer(operator.index(k)) if shapes.is_index(k) else None
     if classes is None or not (classes.is_integer and classes.is_positive):
         raise GraphError(f"one_hot: k (the number of classes) must be a positive int or dim, not {k!r}")
     return apply("one_hot", [labels], k=classes, dtype=dtype)
